@@ -1,0 +1,18 @@
+"""Test setup that must happen before TensorFlow initializes.
+
+Two logical CPU devices let MirroredStrategy tests compare one replica against two on the same
+global batch. Logical devices can only be configured before the runtime starts, so this runs at
+import time of the test session, before any test module imports TensorFlow ops.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
+
+import tensorflow as tf  # noqa: E402
+
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+)
