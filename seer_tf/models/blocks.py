@@ -1,0 +1,218 @@
+"""RegNetY building blocks as Keras 3 layers: PyTorch-padded (grouped) convolution, stem, SE, Y block.
+
+Why our own convolution layer:
+  * Keras 3 `Conv2D(groups>1)` on the TensorFlow backend runs through a nested XLA function that
+    is ~100x slower on CPU than `tf.nn.conv2d` with a grouped kernel (oneDNN); RegNet's 3x3 convs
+    are all grouped.
+  * TF "same" padding pads stride-2 convolutions asymmetrically (0 before, 1 after for even
+    sizes); PyTorch pads k//2 on both sides. Converted torchvision/VISSL weights only give the
+    same outputs with PyTorch's padding.
+
+The kernel layout is TF's (kh, kw, in/groups, out): output channel o reads group o // (out/groups),
+as in PyTorch, so converting a weight is a transpose (out, in/g, kh, kw) -> (kh, kw, in/g, out).
+Init is the reference one (pycls / torchvision): conv N(0, sqrt(2 / fan_out)), fan_out = k*k*out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9  # Keras momentum = 1 - PyTorch momentum (0.1)
+
+
+def _conv_init(kernel_size: int, filters: int):
+    return keras.initializers.RandomNormal(0.0, math.sqrt(2.0 / (kernel_size * kernel_size * filters)))
+
+
+@keras.saving.register_keras_serializable(package="seer_tf")
+class Conv(keras.layers.Layer):
+    """Conv2D with PyTorch padding (k//2 each side) and groups on `tf.nn.conv2d` (oneDNN on CPU)."""
+
+    def __init__(self, filters, kernel_size=1, strides=1, groups=1, use_bias=False,
+                 kernel_initializer=None, bias_initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.groups = int(groups)
+        self.use_bias = bool(use_bias)
+        if self.filters % self.groups:
+            raise ValueError(f"filters={filters} is not a multiple of groups={groups}")
+        self.kernel_initializer = keras.initializers.get(
+            kernel_initializer or _conv_init(self.kernel_size, self.filters))
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+
+    def build(self, input_shape):
+        in_ch = int(input_shape[-1])
+        if in_ch % self.groups:
+            raise ValueError(f"{self.name}: {in_ch} input channels do not split into {self.groups} groups")
+        k = self.kernel_size
+        self.kernel = self.add_weight(name="kernel", shape=(k, k, in_ch // self.groups, self.filters),
+                                      initializer=self.kernel_initializer)
+        self.bias = (self.add_weight(name="bias", shape=(self.filters,), initializer=self.bias_initializer)
+                     if self.use_bias else None)
+
+    def call(self, x):
+        p = self.kernel_size // 2
+        if self.strides == 1 or p == 0:
+            # Stride 1 with odd k: TF "SAME" pads k//2 each side, exactly like PyTorch; k=1: no pad.
+            padding = "SAME" if p else "VALID"
+        else:
+            padding = [[0, 0], [p, p], [p, p], [0, 0]]
+        y = tf.nn.conv2d(x, tf.cast(self.kernel, x.dtype), strides=self.strides, padding=padding)
+        if self.use_bias:
+            y = tf.nn.bias_add(y, tf.cast(self.bias, y.dtype))
+        return y
+
+    def compute_output_shape(self, input_shape):
+        def out(n):
+            return None if n is None else (n + 2 * (self.kernel_size // 2) - self.kernel_size) // self.strides + 1
+        return (input_shape[0], out(input_shape[1]), out(input_shape[2]), self.filters)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
+                "strides": self.strides, "groups": self.groups, "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer)}
+
+
+def batch_norm(name, synchronized=False, gamma_initializer="ones"):
+    """BatchNorm with the reference eps 1e-5 and PyTorch momentum 0.1; SyncBN when asked."""
+    return keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name,
+                                           synchronized=synchronized, gamma_initializer=gamma_initializer)
+
+
+@keras.saving.register_keras_serializable(package="seer_tf")
+class ConvBN(keras.layers.Layer):
+    """conv -> BN [-> ReLU]: torchvision's Conv2dNormActivation (keys `N.0`, `N.1`)."""
+
+    def __init__(self, filters, kernel_size=1, strides=1, groups=1, activation=True,
+                 sync_bn=False, zero_init_gamma=False, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.kernel_size, self.strides, self.groups = filters, kernel_size, strides, groups
+        self.activation, self.sync_bn, self.zero_init_gamma = activation, sync_bn, zero_init_gamma
+        self.conv = Conv(filters, kernel_size, strides, groups, name="conv")
+        self.bn = batch_norm("bn", sync_bn, "zeros" if zero_init_gamma else "ones")
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        self.bn.build(self.conv.compute_output_shape(input_shape))
+
+    def call(self, x, training=None):
+        y = self.bn(self.conv(x), training=training)
+        return tf.nn.relu(y) if self.activation else y
+
+    def compute_output_shape(self, input_shape):
+        return self.conv.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
+                "strides": self.strides, "groups": self.groups, "activation": self.activation,
+                "sync_bn": self.sync_bn, "zero_init_gamma": self.zero_init_gamma}
+
+
+@keras.saving.register_keras_serializable(package="seer_tf")
+class SqueezeExcite(keras.layers.Layer):
+    """SE (Hu et al.): GAP -> 1x1 (w_se, bias) -> ReLU -> 1x1 (bias) -> sigmoid -> scale.
+
+    The 1x1 convs on a pooled vector are dense layers; kernels are stored as (in, out) matrices.
+    w_se is computed by the caller from the block INPUT width (pycls/torchvision convention).
+    """
+
+    def __init__(self, se_width, **kwargs):
+        super().__init__(**kwargs)
+        self.se_width = int(se_width)
+
+    def build(self, input_shape):
+        ch = int(input_shape[-1])
+
+        def bias_init(fan_in):  # PyTorch's default conv bias init (the reference leaves it)
+            return keras.initializers.RandomUniform(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+
+        self.reduce_kernel = self.add_weight(name="reduce_kernel", shape=(ch, self.se_width),
+                                             initializer=_conv_init(1, self.se_width))
+        self.reduce_bias = self.add_weight(name="reduce_bias", shape=(self.se_width,),
+                                           initializer=bias_init(ch))
+        self.expand_kernel = self.add_weight(name="expand_kernel", shape=(self.se_width, ch),
+                                             initializer=_conv_init(1, ch))
+        self.expand_bias = self.add_weight(name="expand_bias", shape=(ch,),
+                                           initializer=bias_init(self.se_width))
+
+    def call(self, x):
+        dt = x.dtype
+        s = tf.reduce_mean(x, axis=[1, 2])
+        s = tf.nn.relu(tf.matmul(s, tf.cast(self.reduce_kernel, dt)) + tf.cast(self.reduce_bias, dt))
+        s = tf.sigmoid(tf.matmul(s, tf.cast(self.expand_kernel, dt)) + tf.cast(self.expand_bias, dt))
+        return x * s[:, None, None, :]
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "se_width": self.se_width}
+
+
+def se_width_for(width_in: int, se_ratio) -> int:
+    """w_se = round(se_ratio * block input width), Python rounding (half to even: 186.5 -> 186)."""
+    return int(round(se_ratio * width_in)) if se_ratio else 0
+
+
+@keras.saving.register_keras_serializable(package="seer_tf")
+class YBlock(keras.layers.Layer):
+    """RegNetY residual bottleneck block (pycls ResBottleneckBlock with SE).
+
+    a: 1x1 -> w_b, BN, ReLU; b: 3x3 group conv (groups = w_b / g), stride s, BN, ReLU; SE;
+    c: 1x1 -> w_out, BN (no ReLU). Shortcut: 1x1 conv stride s + BN when the shape changes.
+    Output: ReLU(shortcut + c).
+    """
+
+    def __init__(self, width_in, width_out, stride=1, group_width=1, bottleneck_multiplier=1.0,
+                 se_ratio=0.25, sync_bn=False, zero_init_last_bn=False, **kwargs):
+        super().__init__(**kwargs)
+        self.width_in, self.width_out, self.stride = int(width_in), int(width_out), int(stride)
+        self.group_width, self.bottleneck_multiplier = int(group_width), float(bottleneck_multiplier)
+        self.se_ratio, self.sync_bn, self.zero_init_last_bn = se_ratio, sync_bn, zero_init_last_bn
+        w_b = int(round(self.width_out * self.bottleneck_multiplier))
+        if w_b % self.group_width:
+            raise ValueError(f"bottleneck width {w_b} is not a multiple of group width {group_width}")
+        self.a = ConvBN(w_b, 1, 1, sync_bn=sync_bn, name="a")
+        self.b = ConvBN(w_b, 3, self.stride, groups=w_b // self.group_width, sync_bn=sync_bn, name="b")
+        w_se = se_width_for(self.width_in, se_ratio)
+        self.se = SqueezeExcite(w_se, name="se") if w_se else None
+        self.c = ConvBN(self.width_out, 1, 1, activation=False, sync_bn=sync_bn,
+                        zero_init_gamma=zero_init_last_bn, name="c")
+        self.has_proj = self.width_in != self.width_out or self.stride != 1
+        self.proj = (ConvBN(self.width_out, 1, self.stride, activation=False, sync_bn=sync_bn, name="proj")
+                     if self.has_proj else None)
+
+    def build(self, input_shape):
+        self.a.build(input_shape)
+        s = self.a.compute_output_shape(input_shape)
+        self.b.build(s)
+        s = self.b.compute_output_shape(s)
+        if self.se is not None:
+            self.se.build(s)
+        self.c.build(s)
+        if self.proj is not None:
+            self.proj.build(input_shape)
+
+    def call(self, x, training=None):
+        y = self.b(self.a(x, training=training), training=training)
+        if self.se is not None:
+            y = self.se(y)
+        y = self.c(y, training=training)
+        shortcut = self.proj(x, training=training) if self.proj is not None else x
+        return tf.nn.relu(shortcut + y)
+
+    def compute_output_shape(self, input_shape):
+        return self.b.compute_output_shape(input_shape)[:3] + (self.width_out,)
+
+    def get_config(self):
+        return {**super().get_config(), "width_in": self.width_in, "width_out": self.width_out,
+                "stride": self.stride, "group_width": self.group_width,
+                "bottleneck_multiplier": self.bottleneck_multiplier, "se_ratio": self.se_ratio,
+                "sync_bn": self.sync_bn, "zero_init_last_bn": self.zero_init_last_bn}
