@@ -15,8 +15,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from seer_tf.models import regnet as regnet_lib
-from seer_tf.models.blocks import se_width_for
+from seer_tf.models import family as regnet_lib
+from seer_tf.models.family import se_width_for
 
 FORMATS = ("torchvision", "vissl", "classy", "timm")
 _WRAPPERS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_fpw_module.")
@@ -315,5 +315,6 @@ def convert_state(state: Dict[str, np.ndarray], fmt: str = "auto", preset: Optio
     if head_args:
         n += assign(head_targets(model.head, model.prototypes), head, "SwAV head")
     report = {"format": fmt, "spec": spec.as_kwargs(), "num_classes": num_classes,
-              "head": head_args, "tensors_assigned": n, "ignored": sorted(ignored)}
+              "head": head_args, "tensors_assigned": n,
+              "ignored": {"count": len(ignored), "first": sorted(ignored)[:5]}}
     return model, report

@@ -20,6 +20,8 @@ import math
 import keras
 import tensorflow as tf
 
+from seer_tf.models.family import se_width_for
+
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9  # Keras momentum = 1 - PyTorch momentum (0.1)
 
@@ -154,11 +156,6 @@ class SqueezeExcite(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "se_width": self.se_width}
-
-
-def se_width_for(width_in: int, se_ratio) -> int:
-    """w_se = round(se_ratio * block input width), Python rounding (half to even: 186.5 -> 186)."""
-    return int(round(se_ratio * width_in)) if se_ratio else 0
 
 
 @keras.saving.register_keras_serializable(package="seer_tf")

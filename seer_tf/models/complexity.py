@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Dict, List
 
-from seer_tf.models.blocks import se_width_for
-from seer_tf.models.regnet import RegNetSpec
+from seer_tf.models.family import RegNetSpec, se_width_for
 
 
 def _out(n: int, k: int, s: int) -> int:

@@ -1,0 +1,136 @@
+"""RegNetY family: generator numbers, published parameter counts, Keras model behaviour."""
+
+import numpy as np
+import keras
+import pytest
+
+from seer_tf.models import complexity, family
+from seer_tf.models.regnet import RegNet
+
+# torchvision `num_params` (trunk + 1000-way fc), from torchvision/models/regnet.py weight metas.
+TORCHVISION_NUM_PARAMS = {
+    "regnet_y_400mf": 4_344_144,
+    "regnet_y_800mf": 6_432_512,
+    "regnet_y_1_6gf": 11_202_430,
+    "regnet_y_3_2gf": 19_436_338,
+    "regnet_y_8gf": 39_381_472,
+    "regnet_y_16gf": 83_590_140,
+    "regnet_y_32gf": 145_046_770,
+    "regnet_y_128gf": 644_812_894,
+}
+
+
+@pytest.mark.parametrize("name,expected", sorted(TORCHVISION_NUM_PARAMS.items()))
+def test_analytic_param_count_matches_torchvision(name, expected):
+    assert complexity.describe(family.spec_for(name))["params_with_fc"] == expected
+
+
+@pytest.mark.parametrize("name", ["regnet_y_400mf", "regnet_y_800mf", "regnet_y_1_6gf", "regnetY_tiny"])
+def test_built_model_param_count_matches_analytic(name):
+    name = name.lower()
+    model = RegNet.from_preset(name, num_classes=1000)
+    model.build((None, None, None, 3))
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    assert trainable == complexity.describe(family.spec_for(name))["params_with_fc"]
+    if name in TORCHVISION_NUM_PARAMS:
+        assert trainable == TORCHVISION_NUM_PARAMS[name]
+
+
+def test_seer_256gf_trunk():
+    d = complexity.describe(family.spec_for("seer_regnety_256gf"))
+    assert d["params_trunk"] == 1_272_156_138
+    assert [s["width"] for s in d["stages"]] == [746, 1492, 4103, 10444]
+    assert [s["depth"] for s in d["stages"]] == [2, 7, 17, 1]
+    # w_se = round(0.25 * block input width): first blocks of stages 2..4 see 746/1492/4103.
+    assert [s["se_widths"][0] for s in d["stages"][1:]] == [186, 373, 1026]
+    assert family.se_width_for(746, 0.25) == 186  # 186.5 rounds half to even
+
+
+@pytest.mark.parametrize("name,depths,widths", [
+    ("regnety_400mf", [1, 3, 6, 6], [48, 104, 208, 440]),
+    ("regnet_y_800mf", [1, 3, 8, 2], [64, 144, 320, 784]),
+    ("regnety_800mf", [1, 3, 8, 2], [64, 128, 320, 768]),
+    ("regnety_8gf", [2, 4, 10, 1], [168, 448, 896, 2016]),
+    ("regnet_y_8gf", [2, 4, 10, 1], [224, 448, 896, 2016]),
+    ("regnety_16gf", [2, 4, 11, 1], [224, 448, 1232, 3024]),
+    ("regnety_32gf", [2, 5, 12, 1], [232, 696, 1392, 3712]),
+    ("seer_regnety_64gf", [2, 5, 12, 1], [328, 984, 1968, 4920]),
+    ("seer_regnety_128gf", [2, 7, 17, 1], [528, 1056, 2904, 7392]),
+    ("seer_regnety_10b", [2, 7, 17, 1], [2020, 4040, 11110, 28280]),
+])
+def test_generator_stage_lists(name, depths, widths):
+    spec = family.spec_for(name)
+    assert spec.depths == depths and spec.widths == widths
+    assert all(w % g == 0 for w, g in zip(spec.widths, spec.group_widths))
+
+
+def test_large_trunk_counts():
+    assert round(complexity.describe(family.spec_for("seer_regnety_64gf"))["params_trunk"] / 1e6, 2) == 276.46
+    assert round(complexity.describe(family.spec_for("seer_regnety_10b"))["params_trunk"] / 1e6, 1) == 9323.9
+    # RegNet names are their multiply-adds at 224: 400MF ~ 0.4 GF, 16GF ~ 16 GF.
+    assert abs(complexity.describe(family.spec_for("regnet_y_400mf"))["gflops"] - 0.4) < 0.02
+    assert abs(complexity.describe(family.spec_for("regnety_16gf"))["gflops"] - 16.0) < 0.3
+
+
+def test_rounding_rules():
+    assert family.adjust_widths_groups([192], [1.0], [56], "pycls")[0] == [168]
+    assert family.adjust_widths_groups([192], [1.0], [56], "torchvision")[0] == [224]
+    assert family.adjust_widths_groups([20], [1.0], [56], "pycls") == ([20], [20])  # g' = min(g, w)
+    with pytest.raises(ValueError, match="width_rounding"):
+        family.adjust_widths_groups([192], [1.0], [56], "nearest")
+    with pytest.raises(ValueError, match="w_0"):
+        family.block_widths(10, 30, 10.0, 2.0)
+
+
+def test_unknown_preset_names_closest():
+    with pytest.raises(ValueError, match="did you mean seer_regnety_256gf"):
+        family.get_preset("seer_256gf")
+
+
+def _tiny(**kw):
+    m = RegNet.from_preset("regnety_tiny", **kw)
+    m.build((None, None, None, 3))
+    return m
+
+
+def test_endpoints_shapes_and_pytorch_padding():
+    m = _tiny(num_classes=7)
+    out = m(np.zeros((2, 37, 37, 3), "float32"), training=False)
+    spec = family.spec_for("regnety_tiny")
+    # PyTorch padding: out = floor((n + 2 - 3) / 2) + 1 -> 37, 19, 10, 5, 3, 2
+    assert out["stem"].shape == (2, 19, 19, spec.stem_width)
+    sizes = [10, 5, 3, 2]
+    for i, (w, n) in enumerate(zip(spec.widths, sizes), start=1):
+        assert out[f"stage{i}"].shape == (2, n, n, w)
+    assert out["pooled"].shape == (2, spec.widths[-1])
+    assert out["logits"].shape == (2, 7)
+    np.testing.assert_allclose(out["pooled"], np.mean(out["stage4"], axis=(1, 2)), atol=1e-6)
+
+
+def test_reference_init_statistics():
+    m = RegNet.from_preset("regnet_y_400mf")
+    m.build((None, None, None, 3))
+    k = m.stages[3][0].a.conv.kernel.numpy()  # 1x1, 440 outputs: std sqrt(2/440)
+    assert abs(k.std() - np.sqrt(2 / 440)) < 0.05 * np.sqrt(2 / 440)
+    assert m.stages[0][0].b.conv.kernel.shape == (3, 3, 8, 48)  # grouped: in/groups = g
+
+
+def test_keras_save_load_round_trip(tmp_path):
+    m = _tiny(num_classes=5)
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    y = m(x, training=False)
+    path = str(tmp_path / "tiny.keras")
+    m.save(path)
+    m2 = keras.models.load_model(path)
+    y2 = m2(x, training=False)
+    for key in y:
+        np.testing.assert_allclose(y[key], y2[key], atol=1e-6)
+    m3 = RegNet.from_config(m.get_config())
+    assert m3.get_config() == m.get_config()
+
+
+def test_bad_lists_are_rejected():
+    with pytest.raises(ValueError, match="widths has 2 entries"):
+        RegNet(depths=[1, 1, 1], widths=[8, 16], group_widths=[8, 8, 8])
+    with pytest.raises(ValueError, match="multiple of group width"):
+        RegNet(depths=[1], widths=[24], group_widths=[16]).build((None, 8, 8, 3))
