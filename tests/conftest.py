@@ -7,6 +7,8 @@ import time of the test session, before any test module imports TensorFlow ops.
 
 import os
 
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as seer_tf/__init__.py: grouped conv gradients on CPU
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
 
@@ -25,6 +27,6 @@ import pytest  # noqa: E402
 def mirrored_strategy():
     """One MirroredStrategy over the two logical CPUs, shared by every test in the process.
 
-    Creating several strategies in one process leaks collective state and slows later tests.
+    DESIGN.md section 4: logical devices are fixed at startup; create one strategy per process.
     """
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

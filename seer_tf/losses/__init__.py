@@ -1,5 +1,5 @@
-"""seer_tf.losses: the SwAV swapped-prediction loss and its feature queue."""
+"""seer_tf.losses: the SwAV swapped-prediction loss and its feature queue (`losses/swav.py`).
 
-from seer_tf.losses.swav import FeatureQueue, swav_loss
-
-__all__ = ["FeatureQueue", "swav_loss"]
+Import `seer_tf.losses.swav` directly; this package file stays import-free so that the Bazel
+`:package` target (all `__init__.py` files) does not silently depend on `:swav_loss`.
+"""

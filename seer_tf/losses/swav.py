@@ -39,6 +39,7 @@ def swav_loss(
     queue_in_use=True,
     num_crops=None,
     jit_compile=False,
+    return_codes=False,
 ):
     """Returns (loss, diagnostics) for one replica's batch.
 
@@ -54,6 +55,7 @@ def swav_loss(
         masks the queue columns out of Sinkhorn instead of branching, so it is safe in a
         tf.function under a distribution strategy.
       jit_compile: XLA-compile Sinkhorn (see `seer_tf.distribute.should_jit`).
+      return_codes: also return the list of codes [B, K], one per assignment crop.
 
     Returns:
       loss: scalar float32, mean over the local batch (not divided by the replica count).
@@ -62,6 +64,7 @@ def swav_loss(
         prototypes_used: distinct argmax prototypes over the global batch (needs replica_sum
           to be global), averaged over assignment crops; collapse shows up as a small number;
         max_code: mean over samples of max_k q.
+      codes: only with return_codes.
     """
     crops = _as_crop_list(scores, num_crops)
     n_crops = len(crops)
@@ -77,9 +80,10 @@ def swav_loss(
     log_probs = [tf.nn.log_softmax(s / temperature, axis=-1) for s in crops]
 
     loss = tf.constant(0.0)
-    entropy, used, max_code = [], [], []
+    all_codes, entropy, used, max_code = [], [], [], []
     for i, crop_id in enumerate(crops_for_assign):
         codes = _codes(sinkhorn, crops[crop_id], queue_scores, i, queue_in_use)
+        all_codes.append(codes)
         subloss = tf.constant(0.0)
         for v in range(n_crops):
             if v != crop_id:
@@ -94,6 +98,8 @@ def swav_loss(
         "prototypes_used": tf.add_n(used) / len(used),
         "max_code": tf.add_n(max_code) / len(max_code),
     }
+    if return_codes:
+        return loss, diagnostics, all_codes
     return loss, diagnostics
 
 
@@ -202,9 +208,16 @@ class FeatureQueue(tf.Module):
         if all_gather is not None:
             new = tf.transpose(all_gather(tf.transpose(new, [1, 0, 2])), [1, 0, 2])
         global_batch = new.shape[1]
-        if global_batch is None:
-            raise ValueError("FeatureQueue.push needs a static batch size")
-        self._check_batch(global_batch)
+        if global_batch is not None:
+            self._check_batch(global_batch)
+        else:  # all_gather under MirroredStrategy loses the static batch size
+            global_batch = tf.shape(new)[1]
+            tf.debugging.assert_equal(
+                self.length % global_batch, 0,
+                message=f"FeatureQueue length {self.length} is not a multiple of the global "
+                "batch size",
+            )
         shifted = tf.concat([new, self.embeddings[:, : self.length - global_batch]], axis=1)
+        shifted = tf.ensure_shape(shifted, self.embeddings.shape)
         started = tf.cast(step, tf.int64) >= self.start_step
         return self.embeddings.assign(tf.where(started, shifted, self.embeddings))
