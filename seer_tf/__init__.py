@@ -1,3 +1,12 @@
 """seer_tf: SEER (SwAV-pretrained RegNetY on uncurated images) in Keras 3 / TensorFlow."""
 
+import os
+
+# TensorFlow enables its oneDNN CPU kernels by default only on CPUs with AVX-512 VNNI/BF16/AMX.
+# Without them, the gradient of a grouped convolution (every RegNet 3x3) is not implemented on
+# CPU at all ("Gradients for grouped convolutions are not supported on CPU"), and convolutions
+# are slower. The variable is read when TensorFlow initializes, so it only takes effect if
+# seer_tf is imported first; `models.blocks.Conv` falls back to per-group convolutions otherwise.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
 __version__ = "0.1.0"

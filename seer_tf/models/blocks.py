@@ -15,15 +15,36 @@ Init is the reference one (pycls / torchvision): conv N(0, sqrt(2 / fan_out)), f
 
 from __future__ import annotations
 
+import functools
 import math
 
 import keras
+from absl import logging
 import tensorflow as tf
 
+from seer_tf.models import remat
 from seer_tf.models.family import se_width_for
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9  # Keras momentum = 1 - PyTorch momentum (0.1)
+
+
+@functools.lru_cache(maxsize=None)
+def _grouped_conv_native() -> bool:
+    """Whether one grouped tf.nn.conv2d has gradients here: on GPU/TPU, and on CPU with oneDNN
+    (see seer_tf/__init__.py). Otherwise Conv runs one convolution per group (slower)."""
+    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+        return True
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        if _pywrap_util_port.IsMklEnabled():
+            return True
+    except ImportError:
+        pass
+    logging.warning("oneDNN is off (TF_ENABLE_ONEDNN_OPTS=0 or TensorFlow imported before "
+                    "seer_tf): grouped convolutions run one conv per group, which is slower.")
+    return False
 
 
 def _conv_init(kernel_size: int, filters: int):
@@ -60,12 +81,19 @@ class Conv(keras.layers.Layer):
 
     def call(self, x):
         p = self.kernel_size // 2
-        if self.strides == 1 or p == 0:
-            # Stride 1 with odd k: TF "SAME" pads k//2 each side, exactly like PyTorch; k=1: no pad.
-            padding = "SAME" if p else "VALID"
+        padding = "VALID"
+        if p and self.strides == 1:
+            padding = "SAME"  # stride 1, odd k: TF pads k//2 each side, exactly like PyTorch
+        elif p:
+            # Explicit pad + VALID (conv2d's explicit-padding kernel has no grouped gradient).
+            x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
+        kernel = tf.cast(self.kernel, x.dtype)
+        if self.groups > 1 and not _grouped_conv_native():
+            y = tf.concat([tf.nn.conv2d(xg, kg, strides=self.strides, padding=padding)
+                           for xg, kg in zip(tf.split(x, self.groups, axis=-1),
+                                             tf.split(kernel, self.groups, axis=-1))], axis=-1)
         else:
-            padding = [[0, 0], [p, p], [p, p], [0, 0]]
-        y = tf.nn.conv2d(x, tf.cast(self.kernel, x.dtype), strides=self.strides, padding=padding)
+            y = tf.nn.conv2d(x, kernel, strides=self.strides, padding=padding)
         if self.use_bias:
             y = tf.nn.bias_add(y, tf.cast(self.bias, y.dtype))
         return y
@@ -82,10 +110,25 @@ class Conv(keras.layers.Layer):
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer)}
 
 
+@keras.saving.register_keras_serializable(package="seer_tf")
+class BatchNorm(keras.layers.BatchNormalization):
+    """Keras BatchNormalization that does not update its moving statistics while a block is
+    being recomputed for backprop (see `seer_tf.models.remat`)."""
+
+    def call(self, inputs, training=None, mask=None):
+        if training and remat.is_recomputing():
+            momentum, self.momentum = self.momentum, 1.0  # moving = moving * 1 + batch * 0
+            try:
+                return super().call(inputs, training=training, mask=mask)
+            finally:
+                self.momentum = momentum
+        return super().call(inputs, training=training, mask=mask)
+
+
 def batch_norm(name, synchronized=False, gamma_initializer="ones"):
     """BatchNorm with the reference eps 1e-5 and PyTorch momentum 0.1; SyncBN when asked."""
-    return keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name,
-                                           synchronized=synchronized, gamma_initializer=gamma_initializer)
+    return BatchNorm(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name,
+                     synchronized=synchronized, gamma_initializer=gamma_initializer)
 
 
 @keras.saving.register_keras_serializable(package="seer_tf")

@@ -10,7 +10,12 @@ import keras
 import tensorflow as tf
 
 from seer_tf.models import blocks
+from seer_tf.models import remat as remat_lib
 from seer_tf.models.family import spec_for
+
+# Activation checkpointing granularity: "block" keeps one tensor per Y block (VISSL's default
+# for SEER), "stage" one per stage (least memory, most recompute).
+REMAT_MODES = ("none", "block", "stage")
 
 
 @keras.saving.register_keras_serializable(package="seer_tf")
@@ -20,13 +25,17 @@ class RegNet(keras.Model):
     Endpoints: "stem", "stage1".."stageN" (feature maps), "pooled" (global average of the last
     stage, the SEER/VISSL "avgpool" feature) and "logits" when `num_classes` > 0. Built from
     plain lists so `get_config()` states the architecture; use `RegNet.from_preset()` or
-    `family.generate()` to get the lists from the five RegNet numbers.
+    `family.generate()` to get the lists from the five RegNet numbers. `remat` recomputes
+    block or stage activations in the backward pass (training only; see `models/remat.py`).
     """
 
     def __init__(self, depths, widths, group_widths, bottleneck_multipliers=None, strides=None,
                  se_ratio=0.25, stem_width=32, num_classes=0, sync_bn=False,
-                 zero_init_last_bn=False, **kwargs):
+                 zero_init_last_bn=False, remat="none", **kwargs):
         super().__init__(**kwargs)
+        if remat not in REMAT_MODES:
+            raise ValueError(f"remat must be one of {REMAT_MODES}, got {remat!r}")
+        self.remat = remat
         n = len(depths)
         bottleneck_multipliers = list(bottleneck_multipliers or [1.0] * n)
         strides = list(strides or [2] * n)
@@ -72,8 +81,14 @@ class RegNet(keras.Model):
         x = self.stem(images, training=training)
         out = {"stem": x}
         for i, stage in enumerate(self.stages):
-            for block in stage:
-                x = block(x, training=training)
+            if self.remat == "stage" and training:
+                x = remat_lib.recompute(lambda t, s=stage: _run(s, t, training))(x)
+            else:
+                for block in stage:
+                    if self.remat == "block" and training:
+                        x = remat_lib.recompute(lambda t, b=block: b(t, training=training))(x)
+                    else:
+                        x = block(x, training=training)
             out[f"stage{i + 1}"] = x
         out["pooled"] = tf.reduce_mean(x, axis=[1, 2])
         if self.fc is not None:
@@ -95,4 +110,10 @@ class RegNet(keras.Model):
                 "bottleneck_multipliers": self.bottleneck_multipliers, "strides": self.strides,
                 "se_ratio": self.se_ratio, "stem_width": self.stem_width,
                 "num_classes": self.num_classes, "sync_bn": self.sync_bn,
-                "zero_init_last_bn": self.zero_init_last_bn}
+                "zero_init_last_bn": self.zero_init_last_bn, "remat": self.remat}
+
+
+def _run(blocks_, x, training):
+    for block in blocks_:
+        x = block(x, training=training)
+    return x
