@@ -80,3 +80,49 @@ def should_jit(strategy=None):
     devices = getattr(strategy.extended, "worker_devices", ())
     kinds = {tf.DeviceSpec.from_string(d).device_type for d in devices}
     return bool(kinds) and kinds <= {"GPU", "TPU"}
+
+
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+
+def get_strategy(name: str = "default", tpu_address: str = ""):
+    """A tf.distribute strategy by name.
+
+    default: one device (the first GPU if any, else CPU). mirrored: all local GPUs (or the
+    logical CPUs configured before TF started). multi_worker: MultiWorkerMirroredStrategy from
+    TF_CONFIG (see experiments/launch/). tpu: TPUStrategy via TPUClusterResolver(tpu_address).
+    """
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+
+
+def is_chief(strategy) -> bool:
+    """Whether this worker writes summaries and exports (worker 0; every single-host run)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True
+    return resolver.task_type in ("chief", "worker") and resolver.task_id == 0 and \
+        (resolver.task_type == "chief" or "chief" not in resolver.cluster_spec().as_dict())
+
+
+def on_accelerators(strategy) -> bool:
+    """Whether every replica runs on a GPU or TPU (where XLA-compiling the whole step pays);
+    on CPU, XLA makes grouped convolutions ~100x slower (DESIGN.md section 4)."""
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return True
+    try:
+        devices = strategy.extended.worker_devices
+    except RuntimeError:  # the default strategy: one device, GPU:0 when there is one
+        return bool(tf.config.list_logical_devices("GPU"))
+    kinds = {tf.DeviceSpec.from_string(d).device_type for d in devices}
+    return bool(kinds) and kinds <= {"GPU", "TPU"}
