@@ -1,0 +1,155 @@
+"""Learning-rate schedules of the SwAV/SEER recipes (DESIGN.md section 1).
+
+- `WarmupCosine`: SwAV's pretraining schedule with its exact discretization
+  (facebookresearch/swav `main_swav.py`):
+
+      warmup = np.linspace(start_warmup, base_lr, W)                    # both ends included
+      cosine = [final + 0.5 * (base - final) * (1 + cos(pi * t / T)) for t in range(T)]
+      lr_schedule = np.concatenate((warmup, cosine))                    # T = total - W
+
+  so base_lr is used twice (last warmup step and cosine t=0) and the last scheduled step is one
+  cosine tick above final_lr. SwAV indexes past the end with an IndexError; here steps past the
+  end continue the formula to t = T, which is final_lr exactly. We evaluate
+  0.5 * (1 + cos(pi t / T)) as sin(pi (T - t) / (2 T))^2: the same value, but accurate to float32
+  rounding in relative terms at every step. In float32 the literal form has no correct digit in
+  the last steps of a 114k-step decay (1 + cos x cancels) and cos(x / 2)^2 is still ~1e-3 off;
+  it matters when final_lr is 0 (SwAV's default).
+- `scaled_lr`: Goyal et al. 2017 linear scaling rule (SwAV/SEER: 0.3 per 256 images).
+- `StepDecay`: multiply by gamma at given steps, torch `MultiStepLR` semantics (the decayed
+  value applies from the boundary step on); the linear probe's x0.1 at epochs 8/16/24.
+- `HalveOnPlateau`: SEER's smaller runs used a fixed LR halved when the loss stops falling; a
+  host-side controller with checkpointable tf.Variable state, callable as the optimizer's LR.
+
+Schedules compute in float32 (TPU has no float64); the optimizer casts to the variable dtype.
+"""
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def scaled_lr(lr_per_256, global_batch):
+    """Linear scaling rule: lr_per_256 * global_batch / 256 (0.3 at 8192 images -> 9.6)."""
+    return float(lr_per_256) * float(global_batch) / 256.0
+
+
+@keras.saving.register_keras_serializable(package="seer_tf")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup from `start_lr` to `peak_lr` over `warmup_steps`, then cosine to `final_lr`.
+
+    Step s (0-based, the optimizer's `iterations`):
+      s < W:        start + (peak - start) * s / (W - 1)        (np.linspace; W == 1 gives start)
+      W <= s:       final + (peak - final) * sin(pi * (T - t) / (2 T))^2,
+                    t = min(s - W, T), T = total - W   (= SwAV's 0.5 * (1 + cos(pi * t / T)))
+    """
+
+    def __init__(self, peak_lr, total_steps, warmup_steps=0, start_lr=0.0, final_lr=0.0):
+        if not 0 <= warmup_steps < total_steps:
+            raise ValueError(
+                f"need 0 <= warmup_steps < total_steps, got {warmup_steps}, {total_steps}")
+        self.peak_lr = float(peak_lr)
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.start_lr = float(start_lr)
+        self.final_lr = float(final_lr)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup, decay = float(self.warmup_steps), float(self.total_steps - self.warmup_steps)
+        ramp = self.start_lr + (self.peak_lr - self.start_lr) * step / max(warmup - 1.0, 1.0)
+        remaining = decay - tf.clip_by_value(step - warmup, 0.0, decay)  # T - t, exact
+        half_cos = tf.square(tf.sin(remaining * (math.pi / (2.0 * decay))))
+        cosine = self.final_lr + (self.peak_lr - self.final_lr) * half_cos
+        return tf.where(step < warmup, ramp, cosine)
+
+    def get_config(self):
+        return dict(peak_lr=self.peak_lr, total_steps=self.total_steps,
+                    warmup_steps=self.warmup_steps, start_lr=self.start_lr,
+                    final_lr=self.final_lr)
+
+
+@keras.saving.register_keras_serializable(package="seer_tf")
+class StepDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """initial_lr * gamma ** (number of boundaries <= step).
+
+    Unlike `keras.optimizers.schedules.PiecewiseConstantDecay` (which switches after the
+    boundary), the decayed value applies at the boundary step itself, as torch MultiStepLR.
+    """
+
+    def __init__(self, initial_lr, boundaries, gamma=0.1):
+        self.initial_lr = float(initial_lr)
+        self.boundaries = sorted(int(b) for b in boundaries)
+        self.gamma = float(gamma)
+
+    @classmethod
+    def from_epochs(cls, initial_lr, epochs, steps_per_epoch, gamma=0.1):
+        """E.g. the VISSL linear probe: `from_epochs(lr, (8, 16, 24), steps_per_epoch)`."""
+        return cls(initial_lr, [int(e) * int(steps_per_epoch) for e in epochs], gamma)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.int64)
+        if not self.boundaries:
+            return tf.constant(self.initial_lr, tf.float32)
+        passed = tf.reduce_sum(  # works for a scalar step and for a tensor of steps
+            tf.cast(step[..., None] >= tf.constant(self.boundaries, tf.int64), tf.int32), axis=-1)
+        factors = [self.gamma ** k for k in range(len(self.boundaries) + 1)]
+        factors = tf.constant(factors, tf.float32)
+        return self.initial_lr * tf.gather(factors, passed)
+
+    def get_config(self):
+        return dict(initial_lr=self.initial_lr, boundaries=list(self.boundaries), gamma=self.gamma)
+
+
+@keras.saving.register_keras_serializable(package="seer_tf")
+class HalveOnPlateau(tf.Module):
+    """Fixed LR, multiplied by `factor` after `patience` updates without improvement.
+
+    Call `update(loss)` from the host loop (per epoch or per evaluation window); a loss improves
+    when it is below best - min_delta (absolute). After a cut the bad-update count restarts and
+    the best loss is kept (torch ReduceLROnPlateau, mode="min", threshold_mode="abs"). NaN never
+    improves. State lives in tf.Variables: put the object in the tf.train.Checkpoint (or pass it
+    as the optimizer's learning_rate, which tracks it) and it resumes. Calling it returns the LR
+    variable, so `LARC(learning_rate=plateau)` reads the current value every step. Create it
+    inside `strategy.scope()` when training under a distribution strategy.
+    """
+
+    def __init__(self, initial_lr, patience=1, min_delta=0.0, factor=0.5, min_lr=0.0, name=None):
+        super().__init__(name=name)
+        if patience < 1 or not 0.0 < factor < 1.0:
+            raise ValueError(f"need patience >= 1 and 0 < factor < 1, got {patience}, {factor}")
+        self.initial_lr = float(initial_lr)
+        self.patience = int(patience)
+        self.min_delta = float(min_delta)
+        self.factor = float(factor)
+        self.min_lr = float(min_lr)
+        self.lr = tf.Variable(self.initial_lr, trainable=False, dtype=tf.float32, name="lr")
+        self.best = tf.Variable(np.inf, trainable=False, dtype=tf.float32, name="best_loss")
+        self.bad_updates = tf.Variable(0, trainable=False, dtype=tf.int64, name="bad_updates")
+        self.num_cuts = tf.Variable(0, trainable=False, dtype=tf.int64, name="num_cuts")
+
+    def update(self, loss):
+        """Record one loss value (Python-side, eager) and return the LR to use next."""
+        loss = float(loss)
+        if loss < float(self.best.numpy()) - self.min_delta:  # False for NaN
+            self.best.assign(loss)
+            self.bad_updates.assign(0)
+        else:
+            self.bad_updates.assign_add(1)
+            if int(self.bad_updates.numpy()) >= self.patience:
+                self.lr.assign(max(float(self.lr.numpy()) * self.factor, self.min_lr))
+                self.num_cuts.assign_add(1)
+                self.bad_updates.assign(0)
+        return float(self.lr.numpy())
+
+    def __call__(self):
+        return self.lr
+
+    def get_config(self):
+        return dict(initial_lr=self.initial_lr, patience=self.patience, min_delta=self.min_delta,
+                    factor=self.factor, min_lr=self.min_lr)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
