@@ -143,6 +143,21 @@ def test_refresh_picks_up_new_files_and_skips_deleted_ones(tmp_path):
     assert stats.as_dict()["bad"] <= 2  # at most the deleted files, if listed before deletion
 
 
+def test_iterator_checkpoint_resumes_the_same_stream(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "_CHUNK", 3)  # several listing pages per pass
+    _colored_dir(str(tmp_path), 11)
+    make = lambda: sources.image_stream(sources.DirectorySource(str(tmp_path)),  # noqa: E731
+                                        shuffle_buffer=4, seed=1)[0]
+    it = iter(make())
+    for _ in range(5):
+        next(it)
+    saved = tf.train.Checkpoint(iterator=it).save(str(tmp_path / "ckpt" / "it"))
+    expected = [next(it)[0].numpy() for _ in range(25)]
+    restored = iter(make())  # a fresh pipeline, as after a restart
+    tf.train.Checkpoint(iterator=restored).restore(saved)
+    assert [next(restored)[0].numpy() for _ in range(25)] == expected
+
+
 def test_file_list_and_glob_sources(tmp_path):
     paths = _colored_dir(str(tmp_path / "imgs"), 5)
     listing = tmp_path / "list.txt"

@@ -10,12 +10,16 @@ source lists encoded images (files or records); `image_stream` turns it into `(n
   raises, see decode.py)
   -> count in DecodeStats -> drop the bad ones -> prefetch.
 
-Memory does not grow with the number of files: directory and glob listings stream through a
-Python generator in chunks (shuffled per chunk, directories visited in a seeded random order,
-so the walk is different every pass but the same on every worker, which keeps the shards
-disjoint); text lists and TFRecord shards stream through tf.data readers. The mixing is
-therefore local (chunk + shuffle buffer), as for any streaming reader; sharded TFRecords give
+Memory does not grow with the number of files: directory and glob listings stream from a
+Python generator in pages of 65,536 paths (shuffled per page, directories visited in a seeded
+random order, so the walk is different every pass but the same on every worker, which keeps
+the shards disjoint); text lists and TFRecord shards stream through tf.data readers. The mixing
+is therefore local (page + shuffle buffer), as for any streaming reader; sharded TFRecords give
 a better global mix on huge collections (`bin/pack_tfrecords.py`).
+
+The iterator can be saved with `tf.train.Checkpoint` and restored into a freshly built stream
+(the listing of the current pass is regenerated from its seed; if files changed meanwhile, the
+resumed pass follows the new listing).
 
 Sharding follows `tf.distribute.InputContext` without importing it (DESIGN.md section 2: data
 code does not touch tf.distribute): pass the context object, or `num_input_pipelines` and
@@ -23,7 +27,9 @@ code does not touch tf.distribute): pass the context object, or `num_input_pipel
 there are at least as many files as pipelines.
 """
 
+import collections
 import os
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -35,6 +41,7 @@ from seer_tf.data import decode as decode_lib
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".jxl", ".tif", ".tiff")
 AUTOTUNE = tf.data.AUTOTUNE
 _CHUNK = 65536  # paths shuffled together by the streaming listings
+_PAGER_LOCK = threading.Lock()
 
 
 def pipeline_shard(input_context=None, num_input_pipelines=None, input_pipeline_id=None):
@@ -52,8 +59,9 @@ def _is_remote(path):
     return "://" in path
 
 
-def _chunked_shuffle(paths, rng, chunk=_CHUNK):
+def _chunked_shuffle(paths, rng, chunk=None):
     """Yield numpy arrays of paths, each a shuffled chunk of the incoming stream."""
+    chunk = chunk or _CHUNK
     buf = []
     for p in paths:
         buf.append(p)
@@ -159,7 +167,13 @@ def _passes(one_pass, num_epochs, what):
 
 
 class _GeneratedListing(ImageSource):
-    """Listing produced by a Python generator of paths, re-run every pass."""
+    """Listing produced by a Python generator of path chunks, re-run every pass.
+
+    The chunks are served as pages through `tf.py_function` (page j of pass i), not with
+    `Dataset.from_generator`, whose iterators cannot be checkpointed: here a restored iterator
+    asks for its page again, and the pager re-walks the (seeded, hence identical) listing up to
+    it. In normal running pages are asked in order and come from the live generator.
+    """
 
     def _paths(self, rng):
         raise NotImplementedError
@@ -173,12 +187,32 @@ class _GeneratedListing(ImageSource):
         if empty:
             raise FileNotFoundError(f"{self}: no files found (pass {index})")
 
+    def _page(self, index, seed, page):
+        key, page = (int(index), int(seed)), int(page)
+        with _PAGER_LOCK:
+            live = getattr(self, "_live", None)
+            if live is None:
+                live = self._live = collections.OrderedDict()
+            next_page, chunks = live.pop(key, (0, None))
+            if chunks is None or next_page != page:  # first page, or a restored iterator
+                chunks, next_page = self._generate(*key), 0
+                for _ in range(page):
+                    next(chunks, None)
+            chunk = next(chunks, None)
+            if chunk is None:
+                return np.zeros([0], dtype=object)  # end of the pass
+            live[key] = (page + 1, chunks)
+            while len(live) > 4:  # passes cut short by refresh_every leave a generator behind
+                live.popitem(last=False)
+            return chunk
+
     def _one_pass(self, index, seed):
-        ds = tf.data.Dataset.from_generator(
-            self._generate, args=(index, seed),
-            output_signature=tf.TensorSpec([None], tf.string))
-        ds = ds.unbatch()
-        return ds.map(lambda p: (p, p))
+        def page(j):
+            paths = tf.py_function(self._page, [index, seed, j], tf.string)
+            return tf.ensure_shape(paths, [None])
+
+        pages = tf.data.Dataset.counter().map(page).take_while(lambda p: tf.size(p) > 0)
+        return pages.unbatch().map(lambda p: (p, p))
 
     def check(self):
         """Raise FileNotFoundError now if the listing is empty (instead of at the first batch)."""
@@ -416,4 +450,16 @@ def image_stream(source, *, input_context=None, num_input_pipelines=None,
                  num_parallel_calls, deterministic)
     if prefetch:
         ds = ds.prefetch(AUTOTUNE)
-    return ds, stats
+    return ds.with_options(checkpointable_options()), stats
+
+
+def checkpointable_options():
+    """tf.data options that let `tf.train.Checkpoint` save the iterator of these pipelines.
+
+    DecodeStats' tables are external state; they are only counters, so the saved iterator
+    ignores them (a resumed run keeps counting from what its process holds).
+    """
+    options = tf.data.Options()
+    options.experimental_external_state_policy = (
+        tf.data.experimental.ExternalStatePolicy.IGNORE)
+    return options
