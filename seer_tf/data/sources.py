@@ -136,7 +136,10 @@ class ImageSource:
 def _shuffle(ds, buffer, seed, index):
     if not buffer or buffer <= 1:
         return ds
-    return ds.shuffle(buffer, seed=tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(index, tf.int64))
+    # Dataset.shuffle needs a Python seed: `index` is a tensor inside flat_map, so passes share
+    # the buffer's seed and differ through the per-pass listing order instead.
+    del index
+    return ds.shuffle(buffer, seed=int(seed) % (2**63 - 1))
 
 
 def _passes(one_pass, num_epochs, what):

@@ -335,28 +335,20 @@ def load_model(weights: str, preset: Optional[str] = None, model_config: Optiona
     else:
         raise ValueError(f"{weights} is a TF checkpoint: pass --preset or --model_config to say "
                          "which architecture it holds")
-    keys = {name for name, _ in tf.train.list_variables(prefix)}
-    root = "model/backbone/" if any(k.startswith("model/backbone/") for k in keys) else "model/"
-    stored = [k for k in keys if k.startswith(root) and k.endswith("/.ATTRIBUTES/VARIABLE_VALUE")
-              and ".OPTIMIZER_SLOT" not in k]
-    # tf.train.Checkpoint only sees objects the TF object graph reaches; anything it cannot see
-    # is silently left at its initial value (and assert_existing_objects_matched cannot tell).
-    # Counting the stored trunk tensors catches that.
-    if root == "model/" and len(stored) > len(trunk.variables):  # a classifier's fc, a head
-        stored = [k for k in stored
-                  if not k.startswith(("model/head/", "model/prototypes/", "model/fc/"))]
-    if len(stored) != len(trunk.variables):
-        raise ValueError(f"{prefix}: checkpoint holds {len(stored)} trunk tensors under "
-                         f"{root!r}, the {preset or 'configured'} trunk has "
-                         f"{len(trunk.variables)}: wrong architecture, or a checkpoint that "
-                         "did not save the whole model")
-    inner = tf.train.Checkpoint(backbone=trunk) if root == "model/backbone/" else trunk
-    try:  # read(), not restore(): a write()-made checkpoint has no save_counter to match
-        status = tf.train.Checkpoint(model=inner).read(prefix).expect_partial()
+    # Pretraining checkpoints (train/loop.py) hold the model as a flat {variable.path: variable}
+    # dict, because Keras 3 layers kept in Python lists are invisible to tf.train.Checkpoint's
+    # object graph. The trunk's variables are found by path; every one must be there.
+    variables = {v.path: v for v in trunk.weights}
+    try:
+        status = tf.train.Checkpoint(model=variables).read(prefix).expect_partial()
         status.assert_existing_objects_matched()
     except (AssertionError, ValueError) as e:
-        raise ValueError(f"{prefix}: checkpoint does not hold this trunk "
-                         f"({' '.join(str(e).split())[:300]})") from e
+        stored = sum(1 for n, _ in tf.train.list_variables(prefix)
+                     if n.startswith(f"model/{trunk.name}.S"))
+        raise ValueError(f"{prefix}: checkpoint holds {stored} trunk tensors under "
+                         f"'{trunk.name}/', the {preset or 'configured'} trunk has "
+                         f"{len(variables)}: wrong architecture, or not a seer_tf pretraining "
+                         f"checkpoint ({' '.join(str(e).split())[:200]})") from e
     return trunk
 
 

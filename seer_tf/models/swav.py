@@ -33,13 +33,18 @@ class SwAVModel(keras.Model):
         self.prototypes = Prototypes(num_prototypes, name="prototypes")
         self._head_args = dict(dims=dims, num_prototypes=self.prototypes.num_prototypes,
                                use_bn=bool(use_bn), use_bias=bool(use_bias), sync_bn=bool(sync_bn))
+        # Built at construction: the head's input size is known, and `keras.models.load_model`
+        # only restores weights of layers that exist when it loads them.
+        self.build_all()
 
     def build_all(self):
         """Create every variable (trunk, head, prototypes) without running images through."""
         if not self.backbone.built:
             self.backbone.build((None, None, None, 3))
-        self.head.build((None, self.head.dims[0]))
-        self.prototypes.build((None, self.head.dims[-1]))
+        if not self.head.built:
+            self.head.build((None, self.head.dims[0]))
+        if not self.prototypes.built:
+            self.prototypes.build((None, self.head.dims[-1]))
         self.built = True
 
     def build(self, input_shape=None):

@@ -67,19 +67,27 @@ class Trainer:
                  total_steps: int, global_batch_size: int, log_every: int = 10,
                  checkpoint_every: int = 500, keep_checkpoints: int = 3,
                  histogram_every: int = 1000, image_every: int = 0, jit_step: Optional[bool] = None,
-                 on_log: Optional[Callable[[int, Dict], None]] = None):
+                 on_log: Optional[Callable[[int, Dict], None]] = None,
+                 extra_scalars: Optional[Callable[[], Dict]] = None):
         self.strategy, self.step, self.dataset_fn = strategy, step, dataset_fn
         self.workdir, self.total_steps = workdir, int(total_steps)
         self.global_batch_size = int(global_batch_size)
         self.log_every, self.checkpoint_every = max(1, int(log_every)), int(checkpoint_every)
         self.histogram_every, self.image_every = int(histogram_every), int(image_every)
-        self.on_log = on_log
+        self.on_log, self.extra_scalars = on_log, extra_scalars
         self.jit_step = distribute.on_accelerators(strategy) if jit_step is None else bool(jit_step)
         self.chief = distribute.is_chief(strategy)
         with strategy.scope():
             self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        items = dict(model=step.model, optimizer=step.optimizer, global_step=self.global_step)
+        # Keras 3 layers kept in Python lists (RegNet stages, head linears, prototype kernels)
+        # are invisible to tf.train.Checkpoint's object graph, so the model is checkpointed as
+        # a flat {variable path: variable} dict: every weight and BN statistic, by name.
+        self.model_variables = {v.path: v for v in step.model.weights}
+        if len(self.model_variables) != len(step.model.weights):
+            raise ValueError("model variables must have unique paths to be checkpointed")
+        items = dict(model=self.model_variables, optimizer=step.optimizer,
+                     global_step=self.global_step)
         if step.queue is not None:
             items["queue"] = step.queue
         self.checkpoint = tf.train.Checkpoint(**items)
@@ -116,6 +124,10 @@ class Trainer:
         latest = self.manager.latest_checkpoint
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
+            restored = {n for n, _ in tf.train.list_variables(latest) if n.startswith("model/")}
+            if len(restored) < len(self.model_variables):
+                raise ValueError(f"{latest} holds {len(restored)} model tensors, the model has "
+                                 f"{len(self.model_variables)}: not a checkpoint of this model")
             logging.info("resumed from %s at step %d", latest, int(self.global_step.numpy()))
         return int(self.global_step.numpy())
 
@@ -172,6 +184,8 @@ class Trainer:
         values = {k: float(v) for k, v in metrics.items()}
         values["lr"] = float(_current_lr(self.step.optimizer))
         values["images_per_sec"] = steps_per_sec * self.global_batch_size
+        if self.extra_scalars:  # e.g. data/bad_files from the decoder's counters
+            values.update(self.extra_scalars())
         remaining = (self.total_steps - step_no) / max(steps_per_sec, 1e-9)
         elapsed = time.time() - t_start
         logging.info(
@@ -182,7 +196,7 @@ class Trainer:
             _hms(elapsed), _hms(remaining))
         with self.writer.as_default(step=step_no):
             for k, v in values.items():
-                tf.summary.scalar(f"train/{k}", v)
+                tf.summary.scalar(k if "/" in k else f"train/{k}", v)
             if self.histogram_every and (step_no % self.histogram_every == 0 or step_no == self.log_every):
                 for v in self.step.model.trainable_variables[:: max(1, len(self.step.model.trainable_variables) // 16)]:
                     tf.summary.histogram(f"weights/{v.path}", v)

@@ -90,6 +90,17 @@ class SwAVStep:
         metrics["loss"] = loss
         return loss, metrics, [per_crop_emb[c] for c in self.crops_for_assign]
 
+    def _skip_together(self, grads):
+        """Keras' LossScaleOptimizer checks overflow on each replica's LOCAL gradients before
+        they are summed, so an inf on one replica alone would reach the weights. Agree first:
+        if any replica overflowed, every replica hands NaN gradients to the optimizer, so all
+        of them skip the step and halve the loss scale together."""
+        bad = tf.add_n([tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(g)), tf.float32))
+                        for g in grads if g is not None])
+        any_bad = self.replica_sum(bad) > 0
+        return [None if g is None else tf.where(any_bad, tf.constant(float("nan"), g.dtype), g)
+                for g in grads]
+
     def replica_step(self, crops, step, frozen: bool):
         """One replica's iteration; returns per-replica metrics (the loop reduces them)."""
         variables = self.trainable_variables(frozen)
@@ -99,6 +110,8 @@ class SwAVStep:
             if self.loss_scaled:
                 objective = self.optimizer.scale_loss(objective)
         grads = tape.gradient(objective, variables)
+        if self.loss_scaled and self.replica_sum is not None:
+            grads = self._skip_together(grads)
         self.optimizer.apply(grads, variables)
         if self.queue is not None:
             self.queue.push(tf.stack(assign_emb), step, all_gather=self.all_gather)

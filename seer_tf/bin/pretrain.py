@@ -1,0 +1,264 @@
+"""SwAV/SEER pretraining.
+
+    python -m seer_tf.bin.pretrain                                   # the CPU demo (digits)
+    python -m seer_tf.bin.pretrain --config=experiments/seer_regnety_256gf.py --workdir=DIR \
+        --config.train.batch_size=64 --config.data.source=files --config.data.paths="('/imgs',)"
+
+The config is read here and nowhere else: `build_*` below turn it into explicit constructor
+arguments. Bad flags, unknown config keys and impossible settings end in one `error:` line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import seer_tf  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow starts)
+
+_DEMO_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "digits_demo.py")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard; default: a temp dir.")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _check(cond, message):
+    if not cond:
+        raise ConfigError(message)
+
+
+def validate(config, num_replicas: int):
+    """Settings that cannot work, caught before anything is built."""
+    t, s, d = config.train, config.swav, config.data
+    _check(t.batch_size > 0, f"train.batch_size must be positive, got {t.batch_size}")
+    _check(t.batch_size % num_replicas == 0,
+           f"train.batch_size {t.batch_size} is not divisible by the {num_replicas} replicas")
+    _check(t.total_steps > 0, f"train.total_steps must be positive, got {t.total_steps}")
+    _check(t.precision in ("float32", "mixed_float16", "mixed_bfloat16"),
+           f"train.precision must be float32, mixed_float16 or mixed_bfloat16, got {t.precision!r}")
+    _check(len(d.crop_sizes) == len(d.crop_counts) == len(d.crop_min_scales) == len(d.crop_max_scales),
+           "data.crop_sizes, crop_counts, crop_min_scales and crop_max_scales must have equal lengths")
+    n_crops = sum(d.crop_counts)
+    _check(n_crops >= 2, f"SwAV needs at least 2 crops, the config makes {n_crops}")
+    _check(all(0 <= c < n_crops for c in s.crops_for_assign),
+           f"swav.crops_for_assign {list(s.crops_for_assign)} must index the {n_crops} crops")
+    if s.queue_length:
+        _check(s.queue_length % t.batch_size == 0,
+               f"swav.queue_length {s.queue_length} is not a multiple of the global batch "
+               f"{t.batch_size}")
+
+
+def build_strategy(config):
+    from seer_tf import distribute
+
+    return distribute.get_strategy(config.train.strategy, config.train.tpu_address)
+
+
+def build_model(config):
+    from seer_tf.models import family
+    from seer_tf.models.regnet import RegNet
+    from seer_tf.models.swav import SwAVModel
+
+    m = config.model
+    multi = config.train.strategy != "default"
+    if m.preset:
+        spec = family.spec_for(m.preset).as_kwargs()
+    else:
+        spec = dict(depths=list(m.depths), widths=list(m.widths),
+                    group_widths=list(m.group_widths), stem_width=m.stem_width)
+    backbone = RegNet(**spec, remat=m.remat, sync_bn=bool(m.sync_bn and multi), name="regnet")
+    model = SwAVModel(backbone, [backbone.widths[-1]] + list(m.head_dims), list(m.num_prototypes),
+                      use_bn=m.head_use_bn, sync_bn=bool(m.sync_bn and multi))
+    model.build_all()
+    return model
+
+
+def build_optimizer(config):
+    import keras
+
+    from seer_tf.optim.lars import LARC
+    from seer_tf.optim.schedules import WarmupCosine, scaled_lr
+
+    o, t = config.optim, config.train
+    peak = scaled_lr(o.lr_per_256, t.batch_size)
+    schedule = WarmupCosine(peak, t.total_steps, warmup_steps=min(o.warmup_steps, t.total_steps - 1),
+                            start_lr=o.start_lr if o.warmup_steps else peak, final_lr=o.final_lr)
+    opt = LARC(schedule, momentum=o.momentum, weight_decay=o.weight_decay,
+               trust_coefficient=o.trust_coefficient,
+               exclude_vectors_from_weight_decay=o.exclude_vectors_from_weight_decay,
+               exclude_vectors_from_adaptation=o.exclude_vectors_from_adaptation)
+    if t.precision == "mixed_float16":
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    return opt
+
+
+def build_step(config, model, optimizer, strategy):
+    from seer_tf import distribute
+    from seer_tf.losses.swav import FeatureQueue
+    from seer_tf.train.step import SwAVStep
+
+    s = config.swav
+    queue = None
+    if s.queue_length:
+        queue = FeatureQueue(s.queue_length, model.head.dims[-1], len(s.crops_for_assign),
+                             start_step=s.queue_start_step, global_batch_size=config.train.batch_size)
+    return SwAVStep(
+        model, optimizer, num_replicas=strategy.num_replicas_in_sync,
+        crops_for_assign=tuple(s.crops_for_assign), temperature=s.temperature,
+        epsilon=s.epsilon, sinkhorn_iterations=s.sinkhorn_iterations,
+        freeze_prototypes_steps=s.freeze_prototypes_steps, queue=queue,
+        replica_sum=distribute.replica_sum_fn(), replica_max=distribute.replica_max_fn(),
+        all_gather=distribute.replica_all_gather_fn(), replica_index=distribute.replica_index,
+        jit_sinkhorn=distribute.should_jit(strategy) and strategy.num_replicas_in_sync == 1)
+
+
+def build_dataset_fn(config):
+    """(input_context, start_step) -> per-replica batches of crops (a tuple, crop order)."""
+    import tensorflow as tf
+
+    d, batch = config.data, config.train.batch_size
+    dtype = tf.bfloat16 if config.train.precision == "mixed_bfloat16" else tf.float32
+    if d.source == "synthetic":
+        from seer_tf.data import synthetic
+
+        return lambda ctx, start: synthetic.crops_dataset(
+            ctx, start, batch, d.crop_sizes, d.crop_counts, d.seed, dtype)
+    from seer_tf.data import multicrop
+
+    crops = tuple(multicrop.CropSpec(size, count, (lo, hi)) for size, count, lo, hi in zip(
+        d.crop_sizes, d.crop_counts, d.crop_min_scales, d.crop_max_scales))
+    augment = multicrop.Augment(flip=d.flip_prob, jitter=d.jitter_prob,
+                                brightness=d.jitter_strength, contrast=d.jitter_strength,
+                                saturation=d.jitter_strength, hue=d.jitter_strength / 4,
+                                grayscale=d.grayscale_prob, blur=d.blur_prob)
+    if d.source == "digits":
+        from seer_tf.data import digits
+
+        return lambda ctx, start: digits.pretrain_dataset(
+            ctx, start, batch, crops, augment, image_size=d.image_size, seed=d.seed)
+    source = build_source(d)
+    stats_seen = []
+
+    def dataset_fn(ctx, start):
+        from seer_tf.data import pipeline
+
+        # Files have no step-addressable order: a resumed run reshuffles with a seed derived
+        # from the step, so it sees fresh samples rather than replaying the interrupted epoch.
+        ds, stats = pipeline.training_stream(
+            source, global_batch_size=batch, crops=crops, augment=augment, input_context=ctx,
+            seed=d.seed + 1_000_003 * start, dtype=dtype, shuffle_buffer=d.shuffle_buffer,
+            refresh_every=d.refresh_every_steps * batch or None, max_pixels=d.max_pixels)
+        stats_seen.append(stats)
+        return ds
+
+    dataset_fn.decode_stats = stats_seen
+    return dataset_fn
+
+
+def build_source(d):
+    from seer_tf.data import sources
+
+    if d.source == "files":
+        _check(len(d.paths) > 0, "data.paths is empty: give directories, globs or .txt file lists")
+        lists = [p for p in d.paths if p.endswith(".txt")]
+        dirs = [p for p in d.paths if not p.endswith(".txt") and not any(c in p for c in "*?[")]
+        globs = [p for p in d.paths if any(c in p for c in "*?[") and not p.endswith(".txt")]
+        _check(len([x for x in (lists, dirs, globs) if x]) == 1,
+               "data.paths must be all directories, all globs, or all .txt file lists")
+        return (sources.FileListSource(lists) if lists else
+                sources.DirectorySource(dirs) if dirs else sources.GlobSource(globs))
+    if d.source == "tfrecord":
+        _check(len(d.paths) > 0, "data.paths is empty: give TFRecord shard globs")
+        return sources.TFRecordSource(list(d.paths))
+    if d.source == "tfds":
+        _check(bool(d.tfds_name), "data.tfds_name is empty")
+        return sources.TfdsSource(d.tfds_name, data_dir=d.data_dir or None, split=d.tfds_split)
+    raise ConfigError(f"data.source must be synthetic, digits, files, tfrecord or tfds, "
+                      f"got {d.source!r}")
+
+
+def run(config, workdir: str):
+    import keras
+    import tensorflow as tf
+
+    from seer_tf.train.loop import Trainer
+
+    keras.utils.set_random_seed(config.train.seed)
+    if config.train.precision != "float32":
+        keras.mixed_precision.set_global_policy(config.train.precision)
+    strategy = build_strategy(config)
+    validate(config, strategy.num_replicas_in_sync)
+    dataset_fn = build_dataset_fn(config)
+    with strategy.scope():
+        model = build_model(config)
+        optimizer = build_optimizer(config)
+        step = build_step(config, model, optimizer, strategy)
+    t = config.train
+    def data_scalars():
+        out = {}
+        for stats in getattr(dataset_fn, "decode_stats", []):
+            d = stats.as_dict()
+            out["data/bad_files"] = out.get("data/bad_files", 0) + d["bad"]
+            out["data/decoded_ok"] = out.get("data/decoded_ok", 0) + d["ok"]
+            if d["bad"]:
+                logging.info("%s", stats.report())
+        return out
+
+    trainer = Trainer(strategy, step, dataset_fn, workdir=workdir, total_steps=t.total_steps,
+                      global_batch_size=t.batch_size, log_every=t.log_every, extra_scalars=data_scalars,
+                      checkpoint_every=t.checkpoint_every, histogram_every=t.histogram_every,
+                      image_every=t.image_every, jit_step=None if t.jit_step < 0 else bool(t.jit_step))
+    result = trainer.run()
+    tf.io.gfile.makedirs(workdir)
+    return model, result
+
+
+def main(argv):
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
+        return 2
+    config = _CONFIG.value
+    if config is None:
+        from experiments import digits_demo
+
+        config = digits_demo.get_config()
+    workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="seer_tf_")
+    try:
+        if config.demo.enabled:
+            from seer_tf.eval import digits_demo
+
+            validate(config, 1)
+            return digits_demo.run_demo(config, workdir, run, build_model)
+        validate(config, 1)
+        model, result = run(config, workdir)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"workdir": workdir, "step": result["step"], "stopped": result["stopped"],
+                      "final": result["last_metrics"]}, default=float))
+    return 0
+
+
+def parse_flags(argv):
+    """absl's parser, but a bad flag or unknown config key is one `error:` line, not a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        message = str(e)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # ml_collections overrides
+        message = f"bad config override: {str(e).strip(chr(34))}"
+    print(f"error: {message.splitlines()[0] if message else 'bad flags'}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    logging.set_verbosity(logging.INFO)
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)

@@ -1,0 +1,207 @@
+"""The real pretraining binary in subprocesses: resume after SIGKILL, SIGTERM, TensorBoard,
+JPEG folders, config errors, and MultiWorkerMirroredStrategy across two processes."""
+
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(ROOT, "experiments", "cpu_smoke.py")
+FAST = ["--config.swav.freeze_prototypes_steps=0", "--config.train.image_every=0",
+        "--config.train.histogram_every=0", "--config.optim.lr_per_256=20.0"]
+
+
+def _env(**extra):
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "TF_DETERMINISTIC_OPS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def _cmd(workdir, *overrides):
+    return [sys.executable, "-m", "seer_tf.bin.pretrain", f"--config={SMOKE}",
+            f"--workdir={workdir}", *overrides]
+
+
+def _run(workdir, *overrides, timeout=300):
+    return subprocess.run(_cmd(workdir, *overrides), env=_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def tb_scalars(workdir, tag="train/loss"):
+    """{step: value} from every event file (later files win: a resumed run rewrites steps)."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(workdir, "tensorboard", "events.*")),
+                       key=os.path.getmtime):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for v in event.summary.value:
+                if v.tag == tag:
+                    out[event.step] = float(tf.make_ndarray(v.tensor))
+    return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    wd = str(tmp_path_factory.mktemp("full"))
+    r = _run(wd, "--config.train.total_steps=5", *FAST)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return wd, json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_binary_logs_loss_to_tensorboard(uninterrupted):
+    wd, final = uninterrupted
+    losses = tb_scalars(wd)
+    assert sorted(losses) == [1, 2, 3, 4, 5]
+    assert all(np.isfinite(v) and 0 < v < 10 for v in losses.values())
+    assert losses[5] == pytest.approx(final["final"]["loss"], rel=1e-6)
+    assert os.path.exists(os.path.join(wd, "checkpoints", "ckpt-5.index"))
+    assert set(tb_scalars(wd, "train/lr")) == {1, 2, 3, 4, 5}
+
+
+def test_resume_after_sigkill_repeats_the_same_losses(uninterrupted, tmp_path):
+    wd = str(tmp_path)
+    proc = subprocess.Popen(_cmd(wd, "--config.train.total_steps=5",
+                                 "--config.train.checkpoint_every=1", *FAST),
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not os.path.exists(os.path.join(wd, "checkpoints", "ckpt-2.index")):
+        assert proc.poll() is None and time.time() < deadline, "run ended before step 2"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(int(p.split("-")[-1].split(".")[0]) for p in
+                    glob.glob(os.path.join(wd, "checkpoints", "ckpt-*.index")))
+    assert killed_at < 5, "the run finished before it was killed; the test proves nothing"
+    before = _model_tensors(os.path.join(wd, "checkpoints", f"ckpt-{killed_at}"))
+    r = _run(wd, "--config.train.total_steps=5", "--config.train.checkpoint_every=1", *FAST)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resumed from {os.path.join(wd, 'checkpoints', f'ckpt-{killed_at}')}" in r.stderr
+    ref, got = tb_scalars(uninterrupted[0]), tb_scalars(wd)
+    assert sorted(got) == [1, 2, 3, 4, 5]
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=1e-6, abs=1e-6), step
+    # Every model tensor (not only what Keras' object graph happens to track) was restored:
+    # the resumed run ends with the uninterrupted run's weights, which training had moved.
+    final = _model_tensors(os.path.join(wd, "checkpoints", "ckpt-5"))
+    ref_final = _model_tensors(os.path.join(uninterrupted[0], "checkpoints", "ckpt-5"))
+    assert len(final) == len(ref_final) > 150
+    moved = 0.0
+    for name, value in ref_final.items():
+        np.testing.assert_allclose(final[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+        moved = max(moved, float(np.abs(value - before[name]).max()))
+    assert moved > 1e-3
+
+
+def _model_tensors(prefix):
+    reader = tf.train.load_checkpoint(prefix)
+    return {n: reader.get_tensor(n) for n, _ in tf.train.list_variables(prefix)
+            if n.startswith("model/")}
+
+
+def test_sigterm_checkpoints_the_step_it_stopped_at(tmp_path):
+    wd = str(tmp_path)
+    proc = subprocess.Popen(_cmd(wd, "--config.train.total_steps=100000",
+                                 "--config.train.checkpoint_every=0", *FAST),
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while len(tb_scalars(wd)) < 2:  # at least two steps ran (the step function is traced)
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    stopped = json.loads(out.strip().splitlines()[-1])
+    assert stopped["stopped"] == "sigterm" and stopped["step"] >= 2
+    assert os.path.exists(os.path.join(wd, "checkpoints", f"ckpt-{stopped['step']}.index"))
+
+
+def test_pretrain_on_a_folder_of_jpegs(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs" / "sub"
+    folder.mkdir(parents=True)
+    for i in range(8):
+        arr = rng.integers(0, 255, size=(40 + i, 48, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(folder / f"{i}.jpg", quality=90)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.png").write_text("hello")
+    (folder / "cut.jpg").write_bytes((folder / "0.jpg").read_bytes()[:100])
+    wd = str(tmp_path / "wd")
+    r = _run(wd, "--config.data.source=files", f"--config.data.paths=('{tmp_path / 'imgs'}',)",
+             "--config.train.total_steps=8", "--config.train.batch_size=4", *FAST)
+    assert r.returncode == 0, r.stderr[-3000:]
+    losses = tb_scalars(wd)
+    assert sorted(losses) == list(range(1, 9)) and all(np.isfinite(v) for v in losses.values())
+    # 32 draws from 12 files, 4 of them bad: bad files are counted and named, never fatal.
+    bad, ok = tb_scalars(wd, "data/bad_files"), tb_scalars(wd, "data/decoded_ok")
+    assert max(bad.values()) >= 1 and max(ok.values()) >= 32
+    assert "first bad:" in r.stderr
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.train.nonexistent=1", "error:"),
+    ("--config.swav.queue_length=12", "error: swav.queue_length 12 is not a multiple of the global batch 8"),
+    ("--config.swav.crops_for_assign=(0, 9)", "error: swav.crops_for_assign [0, 9] must index the 4 crops"),
+    ("--config.train.precision=float8", "error: train.precision must be"),
+])
+def test_bad_settings_are_one_clear_line(tmp_path, override, message):
+    r = _run(str(tmp_path), override)
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert lines[-1].startswith(message), r.stderr[-2000:]
+    assert not any(ln.startswith("Traceback") for ln in lines), r.stderr[-2000:]
+
+
+def test_batch_must_split_over_replicas():
+    from experiments import cpu_smoke
+    from seer_tf.bin import pretrain
+
+    config = cpu_smoke.get_config()
+    config.train.batch_size = 7
+    with pytest.raises(pretrain.ConfigError, match="batch_size 7 is not divisible by the 2 replicas"):
+        pretrain.validate(config, 2)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_workers_end_with_identical_weights(tmp_path):
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    wd = str(tmp_path)
+    procs, logs = [], []
+    for i in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        log = open(tmp_path / f"worker{i}.log", "w+")  # files, not pipes: a full pipe would
+        logs.append(log)                                # block one worker inside a collective
+        procs.append(subprocess.Popen(
+            _cmd(wd, "--config.train.strategy=multi_worker", "--config.train.total_steps=3",
+                 "--config.model.sync_bn=True", *FAST),
+            env=_env(TF_CONFIG=tf_config), stdout=log, stderr=subprocess.STDOUT))
+    for p, log in zip(procs, logs):
+        p.wait(timeout=400)
+        log.seek(0)
+        assert p.returncode == 0, log.read()[-3000:]
+    chief = tf.train.latest_checkpoint(os.path.join(wd, "checkpoints"))
+    other = tf.train.latest_checkpoint(os.path.join(wd, "tmp_worker", "1"))
+    assert chief.endswith("ckpt-3") and other.endswith("ckpt-3")
+    a, b = tf.train.load_checkpoint(chief), tf.train.load_checkpoint(other)
+    names = [n for n, _ in tf.train.list_variables(chief) if n.startswith("model/")]
+    assert len(names) > 100
+    for n in names:
+        np.testing.assert_array_equal(a.get_tensor(n), b.get_tensor(n), err_msg=n)
