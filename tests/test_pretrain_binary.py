@@ -50,10 +50,14 @@ def tb_scalars(workdir, tag="train/loss"):
     return out
 
 
+# The SwAV feature queue (2 global batches, used from step 2) is part of the resumed state.
+QUEUE = ["--config.swav.queue_length=16", "--config.swav.queue_start_step=0"]
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     wd = str(tmp_path_factory.mktemp("full"))
-    r = _run(wd, "--config.train.total_steps=5", *FAST)
+    r = _run(wd, "--config.train.total_steps=5", *FAST, *QUEUE)
     assert r.returncode == 0, r.stderr[-3000:]
     return wd, json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -71,7 +75,7 @@ def test_binary_logs_loss_to_tensorboard(uninterrupted):
 def test_resume_after_sigkill_repeats_the_same_losses(uninterrupted, tmp_path):
     wd = str(tmp_path)
     proc = subprocess.Popen(_cmd(wd, "--config.train.total_steps=5",
-                                 "--config.train.checkpoint_every=1", *FAST),
+                                 "--config.train.checkpoint_every=1", *FAST, *QUEUE),
                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not os.path.exists(os.path.join(wd, "checkpoints", "ckpt-2.index")):
@@ -83,7 +87,7 @@ def test_resume_after_sigkill_repeats_the_same_losses(uninterrupted, tmp_path):
                     glob.glob(os.path.join(wd, "checkpoints", "ckpt-*.index")))
     assert killed_at < 5, "the run finished before it was killed; the test proves nothing"
     before = _model_tensors(os.path.join(wd, "checkpoints", f"ckpt-{killed_at}"))
-    r = _run(wd, "--config.train.total_steps=5", "--config.train.checkpoint_every=1", *FAST)
+    r = _run(wd, "--config.train.total_steps=5", "--config.train.checkpoint_every=1", *FAST, *QUEUE)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resumed from {os.path.join(wd, 'checkpoints', f'ckpt-{killed_at}')}" in r.stderr
     ref, got = tb_scalars(uninterrupted[0]), tb_scalars(wd)
@@ -95,6 +99,9 @@ def test_resume_after_sigkill_repeats_the_same_losses(uninterrupted, tmp_path):
     final = _model_tensors(os.path.join(wd, "checkpoints", "ckpt-5"))
     ref_final = _model_tensors(os.path.join(uninterrupted[0], "checkpoints", "ckpt-5"))
     assert len(final) == len(ref_final) > 150
+    queue = [n for n, _ in tf.train.list_variables(os.path.join(wd, "checkpoints", "ckpt-5"))
+             if n.startswith("queue/")]
+    assert queue, "the feature queue is not in the checkpoint"
     moved = 0.0
     for name, value in ref_final.items():
         np.testing.assert_allclose(final[name], value, rtol=1e-5, atol=1e-6, err_msg=name)

@@ -73,8 +73,17 @@ def benchmark_sinkhorn(flags_):
     }
 
 
+def benchmark_pipeline(flags_):
+    """Decode + 2x224/4x96 multi-crop images/s on skimage photographs, side by side with the
+    PyTorch peer (../shared/bench/peer_torch_pipeline.py) when a torch interpreter is found."""
+    from seer_tf.bin.benchmark_pipeline import run_pipeline_benchmark
+
+    return run_pipeline_benchmark(repetitions=max(1, min(flags_.repetitions, 5)))
+
+
 BENCHMARKS = {
     "sinkhorn": benchmark_sinkhorn,
+    "pipeline": benchmark_pipeline,
 }
 
 

@@ -20,9 +20,13 @@ from ml_collections import config_flags
 
 import seer_tf  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow starts)
 
-_DEMO_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "digits_demo.py")
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).",
-                                          lock_config=True)
+import experiments  # noqa: E402  (installed with seer_tf: the default config lives there)
+
+# No --config: the first-run demo. Overrides (--config.train.total_steps=...) apply to it too.
+_DEMO_CONFIG = os.path.join(os.path.dirname(experiments.__file__), "digits_demo.py")
+_CONFIG = config_flags.DEFINE_config_file("config", _DEMO_CONFIG,
+                                          "Experiment config file (experiments/*.py); "
+                                          "default: the digits demo.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard; default: a temp dir.")
 
 
@@ -226,10 +230,6 @@ def main(argv):
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 2
     config = _CONFIG.value
-    if config is None:
-        from experiments import digits_demo
-
-        config = digits_demo.get_config()
     workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="seer_tf_")
     try:
         if config.demo.enabled:

@@ -37,20 +37,22 @@ def probe(features, labels, test_fraction=0.3, shots=5, seed=0):
     return fit(x_tr, y_tr), fit(x_tr[few], y_tr[few])
 
 
-def trunk_features(backbone, images_uint8, batch=512):
+def _normalized(images_uint8):
+    """The whole (uncropped) digit, normalized as the training crops are."""
     from seer_tf.data.multicrop import IMAGENET_MEAN, IMAGENET_STD
 
-    x = (images_uint8.astype(np.float32) / 255.0 - np.array(IMAGENET_MEAN, np.float32)) \
+    return (images_uint8.astype(np.float32) / 255.0 - np.array(IMAGENET_MEAN, np.float32)) \
         / np.array(IMAGENET_STD, np.float32)
+
+
+def trunk_features(backbone, images_uint8, batch=512):
+    x = _normalized(images_uint8)
     return np.concatenate([backbone(x[i:i + batch], training=False)["pooled"].numpy()
                            for i in range(0, len(x), batch)]).astype(np.float64)
 
 
 def prototypes_used(model, images_uint8, batch=512):
-    from seer_tf.data.multicrop import IMAGENET_MEAN, IMAGENET_STD
-
-    x = (images_uint8.astype(np.float32) / 255.0 - np.array(IMAGENET_MEAN, np.float32)) \
-        / np.array(IMAGENET_STD, np.float32)
+    x = _normalized(images_uint8)
     hits = np.concatenate([np.argmax(model([x[i:i + batch]], training=False)["scores"][0], -1)
                            for i in range(0, len(x), batch)])
     return int(len(np.unique(hits)))
