@@ -134,3 +134,29 @@ def test_bad_lists_are_rejected():
         RegNet(depths=[1, 1, 1], widths=[8, 16], group_widths=[8, 8, 8])
     with pytest.raises(ValueError, match="multiple of group width"):
         RegNet(depths=[1], widths=[24], group_widths=[16]).build((None, 8, 8, 3))
+
+
+def test_mixed_bfloat16_training_gradients():
+    """Grouped convolutions have no bf16 gradient on CPUs without native bf16 kernels; the
+    Conv layer must still train (it falls back to float32 for those convolutions)."""
+    import tensorflow as tf
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        m = RegNet.from_preset("regnety_tiny")
+        m.build((None, None, None, 3))
+        x = tf.random.normal([2, 32, 32, 3])
+
+        @tf.function
+        def grads():
+            with tf.GradientTape() as tape:
+                out = m(x, training=True)["pooled"]
+                loss = tf.reduce_sum(tf.cast(out, tf.float32) ** 2)
+            return out.dtype, tape.gradient(loss, m.trainable_variables)
+
+        dtype, g = grads()
+        assert dtype == tf.bfloat16
+        assert all(np.isfinite(v.numpy()).all() for v in g)
+        assert any(np.abs(v.numpy()).max() > 0 for v in g)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

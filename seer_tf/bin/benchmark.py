@@ -81,9 +81,24 @@ def benchmark_pipeline(flags_):
     return run_pipeline_benchmark(repetitions=max(1, min(flags_.repetitions, 5)))
 
 
+def benchmark_step(flags_):
+    """SwAV step images/s for RegNetY-400MF, 2x224+4x96, batch 32, fp32 and bf16, beside the
+    PyTorch peer (fp32) when a torch interpreter is found."""
+    from seer_tf.bin.benchmark_step import run_step_benchmark
+
+    fp32 = run_step_benchmark(steps=flags_.repetitions)
+    bf16 = run_step_benchmark(precision="mixed_bfloat16", steps=flags_.repetitions, peer=False)
+    out = {"float32": fp32, "mixed_bfloat16": bf16}
+    if "peer" in fp32:
+        out["bf16_ratio_over_peer_fp32"] = round(
+            bf16["ours"]["images_per_s"] / fp32["peer"]["images_per_s"], 2)
+    return out
+
+
 BENCHMARKS = {
     "sinkhorn": benchmark_sinkhorn,
     "pipeline": benchmark_pipeline,
+    "step": benchmark_step,
 }
 
 

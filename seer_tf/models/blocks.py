@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 
 import keras
 from absl import logging
@@ -45,6 +46,38 @@ def _grouped_conv_native() -> bool:
     logging.warning("oneDNN is off (TF_ENABLE_ONEDNN_OPTS=0 or TensorFlow imported before "
                     "seer_tf): grouped convolutions run one conv per group, which is slower.")
     return False
+
+
+@functools.lru_cache(maxsize=None)
+def _grouped_gradient_works(dtype: str) -> bool:
+    """Probe once per dtype whether a grouped conv has a gradient here. float32 is handled by
+    `_grouped_conv_native`; half precision on CPUs without native bf16/fp16 kernels falls back
+    to TF's Eigen kernel, which has none, so those convolutions compute in float32."""
+    if dtype == "float32" or not _grouped_conv_native():
+        return True
+    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+        return True
+    result = []
+
+    def probe():  # a fresh thread runs eagerly, outside any tf.function or tape of the caller
+        try:
+            x = tf.zeros([1, 4, 4, 4], dtype)
+            k = tf.zeros([3, 3, 2, 4], dtype)
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = tf.nn.conv2d(x, k, 1, "SAME")
+            tape.gradient(y, x).numpy()
+            result.append(True)
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+            result.append(False)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    if not result[0]:
+        logging.warning("no grouped-conv gradient for %s on this CPU: grouped convolutions "
+                        "compute in float32", dtype)
+    return result[0]
 
 
 def _conv_init(kernel_size: int, filters: int):
@@ -87,6 +120,9 @@ class Conv(keras.layers.Layer):
         elif p:
             # Explicit pad + VALID (conv2d's explicit-padding kernel has no grouped gradient).
             x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
+        out_dtype = x.dtype
+        if self.groups > 1 and not _grouped_gradient_works(x.dtype.name):
+            x = tf.cast(x, tf.float32)  # e.g. bf16 on a CPU without AVX512_BF16: no grouped grad
         kernel = tf.cast(self.kernel, x.dtype)
         if self.groups > 1 and not _grouped_conv_native():
             y = tf.concat([tf.nn.conv2d(xg, kg, strides=self.strides, padding=padding)
@@ -94,6 +130,7 @@ class Conv(keras.layers.Layer):
                                              tf.split(kernel, self.groups, axis=-1))], axis=-1)
         else:
             y = tf.nn.conv2d(x, kernel, strides=self.strides, padding=padding)
+        y = tf.cast(y, out_dtype)
         if self.use_bias:
             y = tf.nn.bias_add(y, tf.cast(self.bias, y.dtype))
         return y
