@@ -70,8 +70,9 @@ def run_step_benchmark(preset="regnet_y_400mf", crops="2x224,4x96", batch=32, pr
         train().numpy()
         times.append(time.perf_counter() - t)
     cpu = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
-    gflop = 3 * sum(n * batch * complexity.describe(spec, 0, s)["gflops_trunk"]
-                    for n, s in _crops(crops))
+    # describe() counts multiply-adds (the RegNet naming convention); a FLOP is half of one.
+    gflop = 2 * 3 * sum(n * batch * complexity.describe(spec, 0, s)["gflops_trunk"]
+                        for n, s in _crops(crops))
     peak = _matmul_peak_gflops("bfloat16" if "bfloat16" in precision else "float32")
     ours = {"images_per_s": round(batch / statistics.median(times), 2),
             "step_s_median": round(statistics.median(times), 3), "step_s_min": round(min(times), 3),
