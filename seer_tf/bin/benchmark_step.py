@@ -40,12 +40,12 @@ def _crops(text):
     return [(int(c), int(s)) for c, s in (p.split("x") for p in text.split(","))]
 
 
-def run_step_benchmark(preset="regnet_y_400mf", crops="2x224,4x96", batch=32, precision="float32",
-                       steps=5, warmup=2, peer=True, torch_python=None):
+def build_train_fn(preset="regnet_y_400mf", crops="2x224,4x96", batch=32, precision="float32"):
+    """The benchmarked work as one tf.function of no arguments (returns the loss)."""
     import keras
     import tensorflow as tf
 
-    from seer_tf.models import complexity, family
+    from seer_tf.models import family
     from seer_tf.models.regnet import RegNet
     from seer_tf.models.swav import SwAVModel
     from seer_tf.optim.lars import LARC
@@ -62,6 +62,15 @@ def run_step_benchmark(preset="regnet_y_400mf", crops="2x224,4x96", batch=32, pr
         step.normalize_prototypes()
         return step.replica_step(inputs, tf.constant(1000, tf.int64), False)["loss"]
 
+    return train
+
+
+def run_step_benchmark(preset="regnet_y_400mf", crops="2x224,4x96", batch=32, precision="float32",
+                       steps=5, warmup=2, peer=True, torch_python=None):
+    from seer_tf.models import complexity, family
+
+    spec = family.spec_for(preset)
+    train = build_train_fn(preset, crops, batch, precision)
     for _ in range(warmup):
         train().numpy()
     times, cpu0, wall0 = [], time.process_time(), time.perf_counter()

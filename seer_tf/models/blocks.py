@@ -80,6 +80,16 @@ def _grouped_gradient_works(dtype: str) -> bool:
     return result[0]
 
 
+def _pads(size, p, k, s):
+    """[before, after] padding for PyTorch's (p, p) at stride s: trailing rows no window reads
+    are left out. Same output; on even sizes it avoids a slow oneDNN grouped backprop-input path
+    (2-5x slower on a RegNetY-400MF stage-3 transition block)."""
+    if size is None:
+        return [p, p]
+    out = (size + 2 * p - k) // s + 1
+    return [p, max(0, min(p, (out - 1) * s + k - size - p))]
+
+
 def _conv_init(kernel_size: int, filters: int):
     return keras.initializers.RandomNormal(0.0, math.sqrt(2.0 / (kernel_size * kernel_size * filters)))
 
@@ -119,7 +129,8 @@ class Conv(keras.layers.Layer):
             padding = "SAME"  # stride 1, odd k: TF pads k//2 each side, exactly like PyTorch
         elif p:
             # Explicit pad + VALID (conv2d's explicit-padding kernel has no grouped gradient).
-            x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
+            x = tf.pad(x, [[0, 0], _pads(x.shape[1], p, self.kernel_size, self.strides),
+                           _pads(x.shape[2], p, self.kernel_size, self.strides), [0, 0]])
         out_dtype = x.dtype
         if self.groups > 1 and not _grouped_gradient_works(x.dtype.name):
             x = tf.cast(x, tf.float32)  # e.g. bf16 on a CPU without AVX512_BF16: no grouped grad
@@ -149,10 +160,49 @@ class Conv(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="seer_tf")
 class BatchNorm(keras.layers.BatchNormalization):
-    """Keras BatchNormalization that does not update its moving statistics while a block is
-    being recomputed for backprop (see `seer_tf.models.remat`)."""
+    """Keras BatchNormalization on TF's fused kernel, with PyTorch's running-variance rule.
+
+    Why not Keras' own path: it computes moments and the normalization as ~10 separate
+    element-wise ops (and as many again in the gradient); on CPU they cost as much as the
+    convolutions of a RegNetY-400MF SwAV step (tools/profile_step.py). `FusedBatchNormV3`
+    (oneDNN on CPU, cuDNN on GPU, XLA-native) does it in one pass each way.
+    The moving variance takes the *unbiased* batch variance, as PyTorch's BatchNorm2d does, so
+    statistics trained here match the reference recipe's. While a block is recomputed for
+    backprop (`seer_tf.models.remat`) the moving statistics are left alone, so they are updated
+    exactly once per step. SyncBN, masks, renorm and non-NHWC inputs use Keras' path.
+    """
+
+    def _fused_ok(self, inputs, mask):
+        return (mask is None and not self.synchronized and not self.renorm and self.scale
+                and self.center and len(inputs.shape) == 4 and self.axis in (-1, 3, [3], [-1])
+                and inputs.dtype.name in ("float32", "bfloat16", "float16"))
 
     def call(self, inputs, training=None, mask=None):
+        if not self._fused_ok(inputs, mask):
+            return self._keras_call(inputs, training, mask)
+        x = tf.cast(inputs, self.compute_dtype) if inputs.dtype != self.compute_dtype else inputs
+        if x.dtype == tf.float16 and not tf.config.list_logical_devices("GPU"):
+            x = tf.cast(x, tf.float32)  # no float16 FusedBatchNorm kernel on CPU
+        gamma = tf.cast(self.gamma, tf.float32)
+        beta = tf.cast(self.beta, tf.float32)
+        if training and self.trainable:
+            y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=gamma, offset=beta, mean=tf.zeros([0]), variance=tf.zeros([0]),
+                epsilon=self.epsilon, exponential_avg_factor=1.0, data_format="NHWC",
+                is_training=True)
+            if not remat.is_recomputing():
+                m = self.momentum  # Keras' convention: moving = moving * m + batch * (1 - m)
+                self.moving_mean.assign(self.moving_mean * m + tf.stop_gradient(mean) * (1 - m))
+                self.moving_variance.assign(
+                    self.moving_variance * m + tf.stop_gradient(variance) * (1 - m))
+        else:
+            y, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=gamma, offset=beta, mean=tf.cast(self.moving_mean, tf.float32),
+                variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon,
+                exponential_avg_factor=1.0, data_format="NHWC", is_training=False)
+        return tf.cast(y, self.compute_dtype)
+
+    def _keras_call(self, inputs, training, mask):
         if training and remat.is_recomputing():
             momentum, self.momentum = self.momentum, 1.0  # moving = moving * 1 + batch * 0
             try:

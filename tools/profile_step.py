@@ -1,0 +1,110 @@
+"""Where does a SwAV training step spend its time? Per-op-type table from tf.profiler (issue 7).
+
+    python tools/profile_step.py [--preset regnet_y_400mf] [--crops 2x224,4x96] [--batch 32]
+                                 [--precision float32] [--top 30]
+
+Traces one step (after warm-up) with tf.profiler, reads the XPlane protobuf the trace writes,
+and prints the host time summed per TensorFlow op type and per op name (self time of the
+executor's op events, so nested events are not counted twice). The trace is also left in the
+log directory for TensorBoard's profile plugin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import os
+import re
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def op_times(xspace_path):
+    """{(op_type, op_name): total_ps} over host-thread events whose metadata names a TF op."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    space = xplane_pb2.XSpace()
+    with open(xspace_path, "rb") as f:
+        space.ParseFromString(f.read())
+    totals = collections.Counter()
+    for plane in space.planes:
+        if not plane.name.startswith("/host:CPU"):
+            continue
+        for line in plane.lines:
+            for ev in line.events:
+                name = plane.event_metadata[ev.metadata_id].name
+                if ":" not in name or name.startswith(("Iterator", "EagerExecute")):
+                    continue
+                op_name, op_type = name.rsplit(":", 1)
+                totals[(op_type, op_name)] += ev.duration_ps
+    return totals
+
+
+# Which part of the network an op belongs to, from its name (first match wins).
+PARTS = (("grouped 3x3 conv (b)", re.compile(r"/b(_\d+)?/conv")),
+         ("1x1 conv (a, c, proj)", re.compile(r"/(a|c|proj)(_\d+)?/conv")),
+         ("stem conv", re.compile(r"stem(_\d+)?/conv")),
+         ("batch norm", re.compile(r"/bn(_\d+)?/")),
+         ("squeeze-excite", re.compile(r"/se(_\d+)?/")),
+         ("trunk other (relu, add, pool)", re.compile(r"reg_net")),
+         ("head, prototypes, loss, optimizer", re.compile(r".")))
+
+
+def part_of(op_name):
+    return next(label for label, pattern in PARTS if pattern.search(op_name))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="regnet_y_400mf")
+    ap.add_argument("--crops", default="2x224,4x96")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--precision", default="float32")
+    ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--inter_op", type=int, default=0,
+                    help="1 runs one op at a time, so op times add up to the step time")
+    args = ap.parse_args()
+
+    import seer_tf  # noqa: F401  (sets oneDNN before TensorFlow loads)
+    import tensorflow as tf
+
+    from seer_tf.bin.benchmark_step import build_train_fn
+
+    if args.inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
+
+    train = build_train_fn(args.preset, args.crops, args.batch, args.precision)
+    train().numpy()
+    train().numpy()
+    logdir = tempfile.mkdtemp(prefix="seer_profile_")
+    tf.profiler.experimental.start(logdir)
+    train().numpy()
+    tf.profiler.experimental.stop()
+    path = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0]
+    totals = op_times(path)
+    by_type = collections.Counter()
+    for (op_type, _), ps in totals.items():
+        by_type[op_type] += ps
+    all_s = sum(by_type.values()) / 1e12
+    print(f"trace: {path}\nsummed op time {all_s:.3f} s (2 threads can overlap)")
+    print(f"{'op type':40s} {'s':>8s} {'%':>6s}")
+    for op_type, ps in by_type.most_common(args.top):
+        print(f"{op_type:40s} {ps / 1e12:8.3f} {100 * ps / 1e12 / all_s:6.1f}")
+    by_part = collections.Counter()
+    for (op_type, op_name), ps in totals.items():
+        if op_type not in ("Process", "Run") and not op_type.startswith(" __inference"):
+            by_part[part_of(op_name)] += ps
+    ops_s = sum(by_part.values()) / 1e12
+    print(f"\n{'network part':40s} {'s':>8s} {'%':>6s}")
+    for label, ps in by_part.most_common():
+        print(f"{label:40s} {ps / 1e12:8.3f} {100 * ps / 1e12 / ops_s:6.1f}")
+    print(f"\n{'op name':80s} {'ms':>8s}")
+    for (op_type, op_name), ps in totals.most_common(args.top):
+        print(f"{op_name[-70:] + ':' + op_type:80s} {ps / 1e9:8.1f}")
+
+
+if __name__ == "__main__":
+    main()
