@@ -1,6 +1,6 @@
 """Micro-benchmarks that print one JSON object on stdout.
 
-    python -m seer_tf.bin.benchmark --what=sinkhorn [--repetitions=5]
+    python -m seer_tf.bin.benchmark --what=sinkhorn|pipeline|step|memory [--repetitions=5]
 
 Each `--what` value is one function in BENCHMARKS taking the parsed flags and returning a
 JSON-serialisable dict; add a new benchmark (step, pipeline, memory, ...) by writing such a
@@ -20,6 +20,7 @@ from absl import app, flags
 
 flags.DEFINE_string("what", "sinkhorn", "Which benchmark to run (see BENCHMARKS).")
 flags.DEFINE_integer("repetitions", 5, "Timed calls per configuration, after one warm-up.")
+flags.DEFINE_integer("processes", 3, "step/memory: fresh processes per configuration (best kept).")
 FLAGS = flags.FLAGS
 
 
@@ -83,22 +84,25 @@ def benchmark_pipeline(flags_):
 
 def benchmark_step(flags_):
     """SwAV step images/s for RegNetY-400MF, 2x224+4x96, batch 32, fp32 and bf16, beside the
-    PyTorch peer (fp32) when a torch interpreter is found."""
+    PyTorch peer (fp32, plain and channels_last), best of `--processes` fresh processes each."""
     from seer_tf.bin.benchmark_step import run_step_benchmark
 
-    fp32 = run_step_benchmark(steps=flags_.repetitions)
-    bf16 = run_step_benchmark(precision="mixed_bfloat16", steps=flags_.repetitions, peer=False)
-    out = {"float32": fp32, "mixed_bfloat16": bf16}
-    if "peer" in fp32:
-        out["bf16_ratio_over_peer_fp32"] = round(
-            bf16["ours"]["images_per_s"] / fp32["peer"]["images_per_s"], 2)
-    return out
+    return run_step_benchmark(steps=flags_.repetitions, processes=flags_.processes)
+
+
+def benchmark_memory(flags_):
+    """Step peak memory and time of RegNetY-1.6GF, batch 64, with and without activation
+    checkpointing (remat none / block / stage)."""
+    from seer_tf.bin.benchmark_step import run_memory_benchmark
+
+    return run_memory_benchmark(processes=flags_.processes)
 
 
 BENCHMARKS = {
     "sinkhorn": benchmark_sinkhorn,
     "pipeline": benchmark_pipeline,
     "step": benchmark_step,
+    "memory": benchmark_memory,
 }
 
 

@@ -7,7 +7,7 @@ Images: the photographs of scikit-image's `skimage.data` (the ones that load as 
 grayscale arrays), written as JPEG (quality 90) to a temporary folder, or `--images=DIR`.
 An image = all of its crops. Our figure: `data.pipeline.training_stream` over the folder, as
 training uses it (directory walk, shuffle, guarded decode, stats, multi-crop, batch). The peer:
-`/work/shared/bench/peer_torch_pipeline.py` (torchvision transforms, PIL, DataLoader workers)
+`../shared/bench/peer_torch_pipeline.py` (see `seer_tf.bin.peers`) (torchvision transforms, PIL, DataLoader workers)
 in a subprocess, on the same folder, when a torch interpreter is found. The two are measured
 alternately, never at the same time; each figure is the best of `repetitions` (shared machines
 sometimes give a process less than its cores, DESIGN.md section 4).
@@ -21,8 +21,9 @@ import time
 
 from absl import app, flags
 
-PEER_SCRIPT = "/work/shared/bench/peer_torch_pipeline.py"
-TORCH_PYTHONS = ("/work/torchenv/bin/python", os.path.expanduser("~/.torchenv/bin/python"))
+from seer_tf.bin import peers
+
+PEER_SCRIPT = peers.peer_script("peer_torch_pipeline.py")
 
 def write_skimage_photos(directory, quality=90):
     """Write skimage.data's uint8 RGB / grayscale images as JPEG; returns their paths."""
@@ -46,13 +47,6 @@ def write_skimage_photos(directory, quality=90):
             Image.fromarray(array).save(path, quality=quality)
             paths.append(path)
     return paths
-
-
-def _find_torch_python(explicit=None):
-    for candidate in ([explicit] if explicit else []) + list(TORCH_PYTHONS):
-        if candidate and os.path.exists(candidate):
-            return candidate
-    return None
 
 
 def measure_ours(images, crops="2x224,4x96", batch=32, batches=20, warmup=3, seed=0):
@@ -107,7 +101,7 @@ def run_pipeline_benchmark(images=None, crops="2x224,4x96", batch=32, batches=20
             images, source = tmp, f"skimage.data ({len(files)} JPEG q90)"
         else:
             files, source = os.listdir(images), images
-        python = _find_torch_python(torch_python) if peer else None
+        python = peers.find_torch_python(torch_python) if peer else None
         ours, theirs = [], []
         for _ in range(repetitions):
             ours.append(measure_ours(images, crops, batch, batches))

@@ -44,10 +44,15 @@ def recompute(fn):
 
         def grad_fn(dy, variables=None):
             variables = list(variables or [])
+            # Recompute from a copy of x that waits for dy: otherwise grappler's common-
+            # subexpression pass sees the forward ops again (same op, same input) and merges
+            # them, which keeps every activation alive and checkpoints nothing.
+            with tf.control_dependencies([dy]):
+                x_again = tf.identity(x)
             with recomputing(), tf.GradientTape() as tape:
-                tape.watch(x)
-                y_again = fn(x)
-            grads = tape.gradient(y_again, [x] + variables, output_gradients=dy,
+                tape.watch(x_again)
+                y_again = fn(x_again)
+            grads = tape.gradient(y_again, [x_again] + variables, output_gradients=dy,
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
             return grads[0], grads[1:]
 
