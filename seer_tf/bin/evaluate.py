@@ -28,6 +28,7 @@ import time
 from absl import app, flags, logging
 
 import seer_tf  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow starts)
+from seer_tf import usage
 
 PROTOCOLS = ("linear", "knn", "finetune", "lowshot")
 
@@ -60,7 +61,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed (subsets, shuffling, initializatio
 _STRATEGY = flags.DEFINE_string("strategy", "default", "default | mirrored | multi_worker | tpu.")
 
 
-class InputError(ValueError):
+class InputError(usage.UsageError):
     pass
 
 
@@ -276,34 +277,28 @@ def _validate():
 
 
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 2
+    return usage.run(lambda: _main(argv))
+
+
+def _main(argv):
+    usage.require_no_extra_args(argv)
     start = time.time()
-    try:
-        _validate()
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    _validate()
     import tensorflow as tf  # after the flag checks, so bad flags fail fast
 
-    try:
-        from seer_tf import distribute
-        from seer_tf.eval.features import load_model
+    from seer_tf import distribute
+    from seer_tf.eval.features import load_model
 
-        train, evaluation, class_names = load_splits(_DATA.value, _DATA_DIR.value,
-                                                     _TRAIN_SPLIT.value, _EVAL_SPLIT.value)
-        strategy = distribute.get_strategy(_STRATEGY.value)
-        with strategy.scope():
-            model = load_model(_WEIGHTS.value, _PRESET.value, _MODEL_CONFIG.value,
-                               _ALLOW_PICKLE.value)
-        os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
-        writer = tf.summary.create_file_writer(os.path.join(_OUTPUT_DIR.value, "tensorboard"))
-        metrics, settings = run_protocol(_PROTOCOL.value, model, train, evaluation,
-                                         len(class_names), strategy, writer)
-    except (ValueError, OSError, tf.errors.OpError) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
+    train, evaluation, class_names = load_splits(_DATA.value, _DATA_DIR.value,
+                                                 _TRAIN_SPLIT.value, _EVAL_SPLIT.value)
+    strategy = distribute.get_strategy(_STRATEGY.value)
+    with strategy.scope():
+        model = load_model(_WEIGHTS.value, _PRESET.value, _MODEL_CONFIG.value,
+                           _ALLOW_PICKLE.value)
+    os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
+    writer = tf.summary.create_file_writer(os.path.join(_OUTPUT_DIR.value, "tensorboard"))
+    metrics, settings = run_protocol(_PROTOCOL.value, model, train, evaluation,
+                                     len(class_names), strategy, writer)
     metrics["per_class_top1"] = dict(zip(class_names, metrics["per_class_top1"]))
     result = {"protocol": _PROTOCOL.value, "data": _DATA.value, "weights": _WEIGHTS.value,
               "endpoint": _ENDPOINT.value, "resize": _RESIZE.value, "crop": _CROP.value,

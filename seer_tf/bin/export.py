@@ -21,6 +21,7 @@ import sys
 from absl import app, flags
 
 import seer_tf  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow starts)
+from seer_tf import usage
 
 _WEIGHTS = flags.DEFINE_string("weights", None, "Model weights (see eval.features.load_model).")
 _OUTPUT = flags.DEFINE_string("output", None, "SavedModel directory to write.")
@@ -35,34 +36,24 @@ _SWAV = flags.DEFINE_enum("swav_outputs", "auto", ["auto", "yes", "no"],
 
 
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 2
-    if not _WEIGHTS.value or not _OUTPUT.value:
-        print("error: --weights and --output are required", file=sys.stderr)
-        return 2
-    if _RESIZE.value and _RESIZE.value < _CROP.value:
-        print(f"error: --resize ({_RESIZE.value}) must be >= --crop ({_CROP.value})",
-              file=sys.stderr)
-        return 2
-    import tensorflow as tf
+    return usage.run(lambda: _main(argv))
 
+
+def _main(argv):
+    usage.require_no_extra_args(argv)
+    if not _WEIGHTS.value or not _OUTPUT.value:
+        raise usage.UsageError("--weights and --output are required")
+    if _RESIZE.value and _RESIZE.value < _CROP.value:
+        raise usage.UsageError(f"--resize ({_RESIZE.value}) must be >= --crop ({_CROP.value})")
     from seer_tf import export
     from seer_tf.eval.features import load_model
 
     include = {"auto": None, "yes": True, "no": False}[_SWAV.value]
-    try:
-        model = load_model(_WEIGHTS.value, _PRESET.value, _MODEL_CONFIG.value, _ALLOW_PICKLE.value)
-        if include is None and _ENDPOINT.value != "pooled":
-            include = False
-        module = export.export(model, _OUTPUT.value, _RESIZE.value, _CROP.value, _ENDPOINT.value,
-                               include)
-    except (ValueError, OSError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
-    except tf.errors.OpError as e:
-        print(f"error: {e.message.splitlines()[0]}", file=sys.stderr)
-        return 2
+    model = load_model(_WEIGHTS.value, _PRESET.value, _MODEL_CONFIG.value, _ALLOW_PICKLE.value)
+    if include is None and _ENDPOINT.value != "pooled":
+        include = False
+    module = export.export(model, _OUTPUT.value, _RESIZE.value, _CROP.value, _ENDPOINT.value,
+                           include)
     outputs = sorted(module.serving_images.get_concrete_function().structured_outputs)
     print(json.dumps({"saved_model": os.path.abspath(_OUTPUT.value),
                       "signatures": ["serving_bytes", "serving_images", "serving_default"],

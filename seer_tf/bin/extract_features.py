@@ -22,6 +22,7 @@ import sys
 from absl import app, flags, logging
 
 import seer_tf  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow starts)
+from seer_tf import usage
 
 _INPUT = flags.DEFINE_string("input", None, "A directory of images or a text file of paths.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output prefix: <output>.npy, <output>.paths.txt.")
@@ -35,36 +36,30 @@ _CROP = flags.DEFINE_integer("crop", 224, "Center crop size.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Images per batch.")
 
 
-def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 2
+def _validate(argv):
+    usage.require_no_extra_args(argv)
     if not _INPUT.value or not _OUTPUT.value or not _WEIGHTS.value:
-        print("error: --input, --output and --weights are required", file=sys.stderr)
-        return 2
+        raise usage.UsageError("--input, --output and --weights are required")
     if not os.path.exists(_INPUT.value):  # before importing TensorFlow: fail fast
-        print(f"error: --input={_INPUT.value}: no such directory or file", file=sys.stderr)
-        return 2
+        raise usage.UsageError(f"--input={_INPUT.value}: no such directory or file")
     if _RESIZE.value and _RESIZE.value < _CROP.value:
-        print(f"error: --resize ({_RESIZE.value}) must be >= --crop ({_CROP.value})",
-              file=sys.stderr)
-        return 2
+        raise usage.UsageError(f"--resize ({_RESIZE.value}) must be >= --crop ({_CROP.value})")
+
+
+def main(argv):
+    return usage.run(lambda: _main(argv))
+
+
+def _main(argv):
+    _validate(argv)
     import numpy as np
-    import tensorflow as tf
 
     from seer_tf.eval.features import extract_files, list_images, load_model
 
-    try:
-        paths = list_images(_INPUT.value)
-        model = load_model(_WEIGHTS.value, _PRESET.value, _MODEL_CONFIG.value, _ALLOW_PICKLE.value)
-        feats, kept = extract_files(model, paths, _ENDPOINT.value, _RESIZE.value, _CROP.value,
-                                    _BATCH.value)
-    except (ValueError, OSError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
-    except tf.errors.OpError as e:
-        print(f"error: {e.message.splitlines()[0]}", file=sys.stderr)
-        return 2
+    paths = list_images(_INPUT.value)
+    model = load_model(_WEIGHTS.value, _PRESET.value, _MODEL_CONFIG.value, _ALLOW_PICKLE.value)
+    feats, kept = extract_files(model, paths, _ENDPOINT.value, _RESIZE.value, _CROP.value,
+                                _BATCH.value)
     prefix = _OUTPUT.value[:-4] if _OUTPUT.value.endswith(".npy") else _OUTPUT.value
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     np.save(prefix + ".npy", feats.astype(np.float32))
