@@ -103,6 +103,8 @@ def test_prototypes_frozen_then_trained(tmp_path):
     assert np.abs(model.backbone.stem.conv.kernel.numpy() - trunk0).max() > 1e-5
     trainer._train_fn(False)(it)
     assert np.abs(model.prototypes.kernels[0].numpy() - p0).max() > 1e-5
+    # one trace per phase: a retrace per step would cost seconds each (issue 7, "no retracing")
+    assert [trainer._fns[f].experimental_get_tracing_count() for f in (True, False)] == [1, 1]
     # prototypes are unit vectors after the cross-replica normalization of the next step
     model.prototypes.normalize()
     np.testing.assert_allclose(np.linalg.norm(model.prototypes.kernels[0].numpy(), axis=0), 1, atol=1e-6)
