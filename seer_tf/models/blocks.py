@@ -169,7 +169,9 @@ class BatchNorm(keras.layers.BatchNormalization):
     The moving variance takes the *unbiased* batch variance, as PyTorch's BatchNorm2d does, so
     statistics trained here match the reference recipe's. While a block is recomputed for
     backprop (`seer_tf.models.remat`) the moving statistics are left alone, so they are updated
-    exactly once per step. SyncBN, masks, renorm and non-NHWC inputs use Keras' path.
+    exactly once per step. SyncBN, masks, renorm and non-NHWC inputs use Keras' path, whose
+    running variance is the biased one (a factor (n-1)/n off, n = batch x height x width:
+    under 0.1% for n >= 1000).
     """
 
     def _fused_ok(self, inputs, mask):

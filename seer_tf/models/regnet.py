@@ -80,12 +80,17 @@ class RegNet(keras.Model):
     def call(self, images, training=None):
         x = self.stem(images, training=training)
         out = {"stem": x}
+        # As torch.utils.checkpoint_sequential: the last segment is not recomputed. Its
+        # backward comes first, while the activations just made are still wanted, so recomputing
+        # it would cost time and save no memory.
+        last_stage = len(self.stages) - 1
         for i, stage in enumerate(self.stages):
-            if self.remat == "stage" and training:
+            if self.remat == "stage" and training and i < last_stage:
                 x = remat_lib.recompute(lambda t, s=stage: _run(s, t, training))(x)
             else:
-                for block in stage:
-                    if self.remat == "block" and training:
+                for j, block in enumerate(stage):
+                    is_last = i == last_stage and j == len(stage) - 1
+                    if self.remat == "block" and training and not is_last:
                         x = remat_lib.recompute(lambda t, b=block: b(t, training=training))(x)
                     else:
                         x = block(x, training=training)
