@@ -121,10 +121,21 @@ def measure_once(preset="regnet_y_400mf", crops="2x224,4x96", batch=32, precisio
     return report
 
 
+def _progress(label, result):
+    """One stderr line per fresh process: these benchmarks take minutes."""
+    figure = result.get("images_per_s", result.get("images_per_sec"))
+    text = f"{figure:.3f} images/s" if figure else f"failed: {str(result.get('error'))[:200]}"
+    print(f"benchmark: {label}: {text}", file=sys.stderr, flush=True)
+
+
 def _ours(processes, **kwargs):
     cmd = [sys.executable, "-m", "seer_tf.bin.benchmark_step"]
     cmd += [f"--{k}={v}" for k, v in kwargs.items()]
-    runs = [peers.run_isolated(cmd) for _ in range(processes)]
+    label = "seer_tf " + " ".join(f"{k}={v}" for k, v in kwargs.items())
+    runs = []
+    for _ in range(processes):
+        runs.append(peers.run_isolated(cmd))
+        _progress(label, runs[-1])
     good = [r for r in runs if "images_per_s" in r]
     if not good:
         return {"error": runs[-1].get("error"), "runs": []}
@@ -141,6 +152,7 @@ def _peer(python, processes, preset, crops, batch, steps, warmup):
                                     arch, "--batch", str(batch), "--crops", crops, "--threads",
                                     "2", "--steps", str(steps), "--warmup", str(warmup),
                                     "--no_flops", *layout])
+            _progress(f"peer {arch} channels_last={bool(layout)}", r)
             if "images_per_sec" not in r:
                 runs.append({"channels_last": bool(layout), "error": r.get("error")})
                 continue
