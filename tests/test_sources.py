@@ -228,3 +228,21 @@ def test_header_sizes(tmp_path):
         Image.new("RGB", (37, 23), (1, 2, 3)).save(buf, fmt, **kwargs)
         h, w = decode._header_size(tf.constant(buf.getvalue()))
         assert (int(h), int(w)) == (23, 37), fmt
+
+
+def test_jpeg_decode_matches_pil_and_the_eval_decoder(tmp_path):
+    """Training, labeled-eval and feature-extraction decoders all give PIL's pixels for a JPEG
+    (libjpeg's accurate DCT); TF's default DCT is several levels off."""
+    import skimage.data
+
+    from seer_tf.eval.features import decode_image_bytes
+
+    path = str(tmp_path / "astronaut.jpg")
+    Image.fromarray(skimage.data.astronaut()).save(path, quality=90)
+    pil = np.asarray(Image.open(path).convert("RGB"))
+    status, ours = decode.read_and_decode(tf.constant(path))
+    assert int(status) == decode.OK
+    np.testing.assert_array_equal(ours.numpy(), pil)
+    np.testing.assert_array_equal(decode_image_bytes(tf.io.read_file(path)).numpy(), pil)
+    fast = tf.io.decode_jpeg(tf.io.read_file(path), channels=3, dct_method="INTEGER_FAST")
+    assert np.abs(fast.numpy().astype(int) - pil).max() > 0  # the check above can fail
