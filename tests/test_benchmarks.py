@@ -8,7 +8,7 @@ from seer_tf.bin import benchmark_step, peers
 
 def test_run_isolated_passes_the_malloc_setting_and_parses_json(tmp_path, monkeypatch):
     monkeypatch.setenv("SEER_TF_PEER_DIR", str(tmp_path))  # no run_when_idle.py: run directly
-    code = ("import json, os; print('log line'); "
+    code = ("import json, os; print('log line {not json'); print('{\"first\": 1}'); "
             "print(json.dumps({k: os.environ.get(k) for k in "
             "('MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_')}, indent=1))")
     assert peers.run_isolated([sys.executable, "-c", code]) == peers.MALLOC_ENV

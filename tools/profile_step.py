@@ -93,18 +93,15 @@ def main():
     print(f"{'op type':40s} {'s':>8s} {'%':>6s}")
     for op_type, ps in by_type.most_common(args.top):
         print(f"{op_type:40s} {ps / 1e12:8.3f} {100 * ps / 1e12 / all_s:6.1f}")
-    by_part = collections.Counter()
+    by_part, by_kind = collections.Counter(), collections.Counter()
     for (op_type, op_name), ps in totals.items():
         if op_type not in ("Process", "Run") and not op_type.startswith(" __inference"):
             by_part[part_of(op_name)] += ps
+            by_kind[(part_of(op_name), op_type)] += ps
     ops_s = sum(by_part.values()) / 1e12
     print(f"\n{'network part':40s} {'s':>8s} {'%':>6s}")
     for label, ps in by_part.most_common():
         print(f"{label:40s} {ps / 1e12:8.3f} {100 * ps / 1e12 / ops_s:6.1f}")
-    by_kind = collections.Counter()
-    for (op_type, op_name), ps in totals.items():
-        if op_type not in ("Process", "Run") and not op_type.startswith(" __inference"):
-            by_kind[(part_of(op_name), op_type)] += ps
     print(f"\n{'network part / op type':70s} {'s':>8s}")
     for (label, op_type), ps in by_kind.most_common(args.top):
         print(f"{label + ' / ' + op_type:70s} {ps / 1e12:8.3f}")

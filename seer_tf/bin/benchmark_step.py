@@ -33,7 +33,10 @@ from seer_tf.bin import peers
 
 
 def _crops(text):
-    return [(int(c), int(s)) for c, s in (p.split("x") for p in text.split(","))]
+    """[(count, size)] from '2x224,4x96' (the peer's --crops syntax)."""
+    from seer_tf.data.multicrop import parse_crops
+
+    return [(spec.count, spec.size) for spec in parse_crops(text)]
 
 
 def _rss_mib():

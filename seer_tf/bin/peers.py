@@ -45,6 +45,18 @@ def find_torch_python(explicit=None):
     return None
 
 
+def _last_json_object(text):
+    """The last JSON object in `text` that starts a line (one-line or indented), or None."""
+    lines = text.splitlines()
+    for i in reversed(range(len(lines))):
+        if lines[i].startswith("{"):
+            try:
+                return json.loads("\n".join(lines[i:]))
+            except json.JSONDecodeError:
+                continue
+    return None
+
+
 def run_isolated(cmd, timeout=1800, malloc=True, retries=2):
     """Run `cmd` in a fresh process (through run_when_idle.py when present) and parse the last
     JSON object it prints. Returns the dict, with an `isolation` entry (idle-wait facts), or
@@ -57,14 +69,9 @@ def run_isolated(cmd, timeout=1800, malloc=True, retries=2):
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except (OSError, subprocess.TimeoutExpired) as e:
         return {"error": repr(e)}
-    out = done.stdout
-    start = out.find("{")
-    if done.returncode or start < 0:
-        return {"error": f"rc={done.returncode}: {(done.stderr or out)[-800:]}"}
-    try:
-        result = json.loads(out[start:])
-    except json.JSONDecodeError:
-        result = json.loads(out.strip().splitlines()[-1])
+    result = _last_json_object(done.stdout)
+    if done.returncode or result is None:
+        return {"error": f"rc={done.returncode}: {(done.stderr or done.stdout)[-800:]}"}
     kept = [ln for ln in done.stderr.splitlines() if ln.startswith('{"run_when_idle_kept"')]
     if kept:
         info = json.loads(kept[-1])
