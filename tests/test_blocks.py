@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from seer_tf.models import remat
-from seer_tf.models.blocks import batch_norm
+from seer_tf.models.blocks import _normalize_in_float32, batch_norm
 
 RNG = np.random.default_rng(3)
 X = (RNG.normal(size=(4, 5, 6, 3)) * [1.0, 3.0, 0.5] + [2.0, -1.0, 0.0]).astype("float32")
@@ -63,14 +63,24 @@ def test_recompute_leaves_moving_statistics():
     np.testing.assert_array_equal(bn.moving_variance.numpy(), [2.0, 2.0, 2.0])
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_half_precision_inputs_normalize_in_float32_statistics(dtype):
+@pytest.mark.parametrize("dtype,channels", [("bfloat16", 3), ("bfloat16", 16), ("float16", 3)])
+def test_half_precision_inputs_normalize_in_float32_statistics(dtype, channels):
+    # bfloat16 with 16 channels runs oneDNN's bf16 kernel; 3 channels (and float16) go through
+    # float32 on CPU (`_normalize_in_float32`). Both must give the same normalization.
+    x = np.tile(X, (1, 1, 1, 6))[..., :channels]
     bn = batch_norm("bn")
     bn.dtype_policy = f"mixed_{dtype}"
-    bn.build(X.shape)
-    y = bn(tf.cast(X, dtype), training=True)
+    bn.build(x.shape)
+    y = bn(tf.cast(x, dtype), training=True)
     assert y.dtype == dtype
-    mean, var = X.mean(axis=(0, 1, 2)), X.var(axis=(0, 1, 2))
-    np.testing.assert_allclose(tf.cast(y, tf.float32).numpy(), (X - mean) / np.sqrt(var + 1e-5),
+    mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    np.testing.assert_allclose(tf.cast(y, tf.float32).numpy(), (x - mean) / np.sqrt(var + 1e-5),
                                atol=0.05)
     np.testing.assert_allclose(bn.moving_mean.numpy(), 0.1 * mean, rtol=0.02, atol=1e-3)
+
+
+def test_which_half_precision_inputs_normalize_in_float32():
+    assert _normalize_in_float32(tf.bfloat16, 104) and _normalize_in_float32(tf.bfloat16, 440)
+    assert not _normalize_in_float32(tf.bfloat16, 208)
+    assert _normalize_in_float32(tf.float16, 208)
+    assert not _normalize_in_float32(tf.float32, 104)

@@ -86,7 +86,7 @@ def build_train_fn(preset="regnet_y_400mf", crops="2x224,4x96", batch=32, precis
 
 
 def measure_once(preset="regnet_y_400mf", crops="2x224,4x96", batch=32, precision="float32",
-                 steps=5, warmup=2, remat="none"):
+                 steps=5, warmup=2, remat="none", matmul_peak=True):
     """One in-process measurement (call it in a fresh process: see the module docstring)."""
     import seer_tf  # noqa: F401  (oneDNN on before TensorFlow loads)
     import tensorflow as tf
@@ -118,6 +118,8 @@ def measure_once(preset="regnet_y_400mf", crops="2x224,4x96", batch=32, precisio
               "step_peak_mib": round(peak_rss - rss_ready),
               "tensorflow": tf.__version__, "malloc_env": {k: os.environ.get(k) for k in
                                                            peers.MALLOC_ENV}}
+    if not matmul_peak:  # e.g. tools/onednn_compare.py: only the steps' primitives in the log
+        return report
     report["matmul_peak_gflops"] = {"float32": round(_matmul_peak_gflops("float32"), 1)}
     if "bfloat16" in precision:
         report["matmul_peak_gflops"]["bfloat16"] = round(_matmul_peak_gflops("bfloat16"), 1)
@@ -238,6 +240,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--remat", default="none", choices=["none", "block", "stage"])
+    ap.add_argument("--no_matmul_peak", dest="matmul_peak", action="store_false",
+                    help="skip the matmul peak measured after the steps")
     args = ap.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     print(json.dumps(measure_once(**vars(args)), indent=2))
