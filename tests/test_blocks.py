@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from seer_tf.models import remat
-from seer_tf.models.blocks import _normalize_in_float32, batch_norm
+from seer_tf.models.blocks import Conv, _normalize_in_float32, _pointwise_as_matmul, batch_norm
 
 RNG = np.random.default_rng(3)
 X = (RNG.normal(size=(4, 5, 6, 3)) * [1.0, 3.0, 0.5] + [2.0, -1.0, 0.0]).astype("float32")
@@ -84,3 +84,26 @@ def test_which_half_precision_inputs_normalize_in_float32():
     assert not _normalize_in_float32(tf.bfloat16, 208)
     assert _normalize_in_float32(tf.float16, 208)
     assert not _normalize_in_float32(tf.float32, 104)
+
+
+def test_bfloat16_pointwise_conv_as_matmul_matches_conv2d():
+    """1x1 stride-1 convolutions with >= 64 input channels run as one matmul in bf16 on CPU:
+    same output and gradients as tf.nn.conv2d (up to bf16 rounding)."""
+    assert _pointwise_as_matmul(tf.bfloat16, 64) and not _pointwise_as_matmul(tf.bfloat16, 48)
+    assert not _pointwise_as_matmul(tf.float32, 440)
+    conv = Conv(24, kernel_size=1, dtype="mixed_bfloat16")
+    x = tf.constant(RNG.normal(size=(2, 5, 3, 64)), tf.bfloat16)
+    conv.build(x.shape)
+    dy = tf.constant(RNG.normal(size=(2, 5, 3, 24)), tf.bfloat16)
+    results = []
+    for fn in (conv, lambda v: tf.nn.conv2d(v, tf.cast(conv.kernel, tf.bfloat16), 1, "VALID")):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * tf.cast(dy, tf.float32))
+        gx, gk = tape.gradient(loss, [x, conv.kernel])
+        results.append((y, gx, gk))
+    assert results[0][0].shape == (2, 5, 3, 24) and results[0][0].dtype == tf.bfloat16
+    for ours, ref in zip(*results):
+        ours, ref = tf.cast(ours, tf.float32).numpy(), tf.cast(ref, tf.float32).numpy()
+        np.testing.assert_allclose(ours, ref, rtol=0.02, atol=0.02 * np.abs(ref).max())

@@ -112,7 +112,7 @@ def run_pipeline_benchmark(images=None, crops="2x224,4x96", batch=32, batches=20
         report = {
             "bench": "pipeline", "images": source, "files": len(files), "crops": crops,
             "batch": batch, "batches": batches, "repetitions": repetitions,
-            "cpu_count": os.cpu_count(), "tensorflow": tf.__version__,
+            "machine": peers.machine(), "tensorflow": tf.__version__,
             "ours": {"images_per_s": round(best["images_per_s"], 1),
                      "crops_per_s": round(best["crops_per_s"], 1),
                      "cpu_cores_used": round(best["cpu_cores_used"], 2),

@@ -6,8 +6,8 @@
 
 Same work on both sides as ../shared/bench/peer_torch_swav.py: a RegNetY trunk, a 3-layer
 projection head without BN ([w, 2048, 2048, 128]), K=3000 prototypes, Sinkhorn (eps 0.05, 3
-iterations), swapped prediction over crops 0 and 1, random inputs (no data loading). Ours uses
-LARC (what SEER trains with); the peer's default is plain SGD, which costs no less.
+iterations), swapped prediction over crops 0 and 1, random inputs (no data loading), and LARC
+on both sides (what SEER trains with: ours `optim.lars.LARC`, the peer's `--optimizer lars`).
 
 Every measurement is a fresh process (`seer_tf.bin.peers.run_isolated`: idle machine, no
 overlap, same malloc setting for both sides); each configuration keeps the best of
@@ -156,7 +156,7 @@ def _peer(python, processes, preset, crops, batch, steps, warmup):
             r = peers.run_isolated([python, peers.peer_script("peer_torch_swav.py"), "--arch",
                                     arch, "--batch", str(batch), "--crops", crops, "--threads",
                                     "2", "--steps", str(steps), "--warmup", str(warmup),
-                                    "--no_flops", *layout])
+                                    "--optimizer", "lars", "--no_flops", *layout])
             _progress(f"peer {arch} channels_last={bool(layout)}", r)
             if "images_per_sec" not in r:
                 runs.append({"channels_last": bool(layout), "error": r.get("error")})
@@ -180,16 +180,17 @@ def run_step_benchmark(preset="regnet_y_400mf", crops="2x224,4x96", batch=32,
                        precisions=("float32", "mixed_bfloat16"), steps=5, warmup=2,
                        processes=3, peer=True, torch_python=None):
     """Best-of-`processes` fresh runs per configuration, ours and the peer's, and the ratios."""
-    report = {"preset": preset, "crops": crops, "batch": batch, "processes": processes,
-              "malloc_env": peers.MALLOC_ENV, "ours": {}}
+    report = {"machine": peers.machine(), "preset": preset, "crops": crops, "batch": batch,
+              "processes": processes, "malloc_env": peers.MALLOC_ENV, "ours": {}}
+    native_bf16 = bool({"avx512_bf16", "amx_bf16"} & set(report["machine"]["isa"]))
     for precision in precisions:
         # Half precision on a CPU without native bf16 (no AVX512_BF16 / AMX) is ~8x slower than
         # fp32: it is measured, but with fewer steps and processes.
-        fp32 = precision == "float32"
+        full = precision == "float32" or native_bf16
         report["ours"][precision] = _ours(
-            processes if fp32 else max(1, processes // 3), preset=preset, crops=crops,
-            batch=batch, precision=precision, steps=steps if fp32 else 2,
-            warmup=warmup if fp32 else 1)
+            processes if full else max(1, processes // 3), preset=preset, crops=crops,
+            batch=batch, precision=precision, steps=steps if full else 2,
+            warmup=warmup if full else 1)
     python = peers.find_torch_python(torch_python) if peer else None
     peaks = [r["matmul_peak_gflops"]["float32"] for r in report["ours"].values()
              if "matmul_peak_gflops" in r]
@@ -216,8 +217,8 @@ def run_step_benchmark(preset="regnet_y_400mf", crops="2x224,4x96", batch=32,
 def run_memory_benchmark(preset="regnet_y_1_6gf", crops="2x224", batch=64,
                          modes=("none", "block", "stage"), steps=2, warmup=1, processes=1):
     """Step peak memory and time with and without activation checkpointing (fp32)."""
-    report = {"preset": preset, "crops": crops, "batch": batch, "processes": processes,
-              "modes": {}}
+    report = {"machine": peers.machine(), "preset": preset, "crops": crops, "batch": batch,
+              "processes": processes, "modes": {}}
     for mode in modes:
         report["modes"][mode] = _ours(processes, preset=preset, crops=crops, batch=batch,
                                       precision="float32", steps=steps, warmup=warmup,
