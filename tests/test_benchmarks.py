@@ -39,13 +39,3 @@ def test_memory_report_ratios(monkeypatch):
     assert report["block_memory_saving"] == 0.7 and report["block_time_overhead"] == 0.3
     json.dumps(report)
 
-
-def test_machine_names_the_cpu_and_the_isa_that_picks_the_kernels(tmp_path):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some Xeon\n"
-                       "flags\t\t: fpu avx2 avx512f amx_bf16 avx512_bf16\n\n"
-                       "processor\t: 1\nmodel name\t: Some Xeon\nflags\t\t: fpu\n")
-    info = peers.machine(str(cpuinfo))
-    assert info["cpu"] == "Some Xeon"
-    assert info["isa"] == ["avx2", "avx512f", "avx512_bf16", "amx_bf16"]
-    assert peers.machine(str(tmp_path / "missing"))["isa"] == []

@@ -21,6 +21,7 @@ import time
 
 from absl import app, flags
 
+from seer_tf import cpu
 from seer_tf.bin import peers
 
 PEER_SCRIPT = peers.peer_script("peer_torch_pipeline.py")
@@ -112,7 +113,7 @@ def run_pipeline_benchmark(images=None, crops="2x224,4x96", batch=32, batches=20
         report = {
             "bench": "pipeline", "images": source, "files": len(files), "crops": crops,
             "batch": batch, "batches": batches, "repetitions": repetitions,
-            "machine": peers.machine(), "tensorflow": tf.__version__,
+            "machine": cpu.describe(), "tensorflow": tf.__version__,
             "ours": {"images_per_s": round(best["images_per_s"], 1),
                      "crops_per_s": round(best["crops_per_s"], 1),
                      "cpu_cores_used": round(best["cpu_cores_used"], 2),

@@ -29,6 +29,7 @@ import statistics
 import sys
 import time
 
+from seer_tf import cpu
 from seer_tf.bin import peers
 
 
@@ -180,9 +181,9 @@ def run_step_benchmark(preset="regnet_y_400mf", crops="2x224,4x96", batch=32,
                        precisions=("float32", "mixed_bfloat16"), steps=5, warmup=2,
                        processes=3, peer=True, torch_python=None):
     """Best-of-`processes` fresh runs per configuration, ours and the peer's, and the ratios."""
-    report = {"machine": peers.machine(), "preset": preset, "crops": crops, "batch": batch,
+    report = {"machine": cpu.describe(), "preset": preset, "crops": crops, "batch": batch,
               "processes": processes, "malloc_env": peers.MALLOC_ENV, "ours": {}}
-    native_bf16 = bool({"avx512_bf16", "amx_bf16"} & set(report["machine"]["isa"]))
+    native_bf16 = cpu.has_native_bf16()
     for precision in precisions:
         # Half precision on a CPU without native bf16 (no AVX512_BF16 / AMX) is ~8x slower than
         # fp32: it is measured, but with fewer steps and processes.
@@ -217,7 +218,7 @@ def run_step_benchmark(preset="regnet_y_400mf", crops="2x224,4x96", batch=32,
 def run_memory_benchmark(preset="regnet_y_1_6gf", crops="2x224", batch=64,
                          modes=("none", "block", "stage"), steps=2, warmup=1, processes=1):
     """Step peak memory and time with and without activation checkpointing (fp32)."""
-    report = {"machine": peers.machine(), "preset": preset, "crops": crops, "batch": batch,
+    report = {"machine": cpu.describe(), "preset": preset, "crops": crops, "batch": batch,
               "processes": processes, "modes": {}}
     for mode in modes:
         report["modes"][mode] = _ours(processes, preset=preset, crops=crops, batch=batch,

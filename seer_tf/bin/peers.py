@@ -20,6 +20,8 @@ import os
 import subprocess
 import sys
 
+from seer_tf import cpu
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TORCH_PYTHONS = ("/work/torchenv/bin/python", os.path.expanduser("~/.torchenv/bin/python"),
                  os.path.join(ROOT, ".torchenv", "bin", "python"))
@@ -79,29 +81,8 @@ def run_isolated(cmd, timeout=1800, malloc=True, retries=2):
     return result
 
 
-# CPU features that decide which kernels oneDNN (ours and torch's) picks: the same benchmark
-# gives different ratios on an AVX2 EPYC and on an AMX Xeon, so every report names its machine.
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16")
-
-
-def machine(cpuinfo="/proc/cpuinfo"):
-    """{"cpu": model name, "cores": n, "isa": [the CPU_FLAGS present]} of this machine."""
-    model, flags = None, set()
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model is None:
-                    model = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "isa": [f for f in CPU_FLAGS if f in flags]}
-
-
 def describe():
-    return {"machine": machine(), "peer_dir": peer_dir(), "torch_python": find_torch_python(),
+    return {"machine": cpu.describe(), "peer_dir": peer_dir(), "torch_python": find_torch_python(),
             "run_when_idle": os.path.exists(os.path.join(peer_dir(), "run_when_idle.py")),
             "scripts": sorted(f for f in os.listdir(peer_dir()) if f.endswith(".py"))
             if os.path.isdir(peer_dir()) else [], "malloc_env": MALLOC_ENV}

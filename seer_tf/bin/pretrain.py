@@ -189,22 +189,13 @@ def build_source(d):
                       f"got {d.source!r}")
 
 
-def _cpu_has_native_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags_line = next((ln for ln in f if ln.startswith("flags")), "")
-    except OSError:
-        return True  # not Linux: no way to tell, do not warn
-    return any(flag in flags_line.split() for flag in ("avx512_bf16", "amx_bf16"))
-
-
 def _warn_slow_half_precision(precision, strategy):
     """Half precision on a CPU without bf16 instructions is emulated: measured 8x slower than
     float32 for a RegNetY-400MF SwAV step (bin/benchmark --what=step, README)."""
-    from seer_tf import distribute
+    from seer_tf import cpu, distribute
 
     if (precision != "float32" and not distribute.on_accelerators(strategy)
-            and not _cpu_has_native_bf16()):
+            and not cpu.has_native_bf16()):
         logging.warning("train.precision=%s on a CPU without AVX512_BF16/AMX: half precision is "
                         "emulated and ~8x slower than float32 here; use float32 on this machine.",
                         precision)

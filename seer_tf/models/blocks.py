@@ -23,6 +23,7 @@ import keras
 from absl import logging
 import tensorflow as tf
 
+from seer_tf import cpu
 from seer_tf.models import remat
 from seer_tf.models.family import se_width_for
 
@@ -92,8 +93,10 @@ def _pointwise_as_matmul(dtype, in_channels: int) -> bool:
     gradients 1.4-2.9x faster than its 1x1-convolution kernels once there are >= 64 input
     channels (fewer: the convolution kernels are as fast or faster); in float32 the two are
     equal (measured with AVX-512 and AMX, 2 threads). Same arithmetic, so the choice is free.
+    CPUs without native bf16 keep the convolution (not measured there).
     """
-    return dtype == tf.bfloat16 and in_channels >= 64 and not _accelerator_present()
+    return (dtype == tf.bfloat16 and in_channels >= 64 and not _accelerator_present()
+            and cpu.has_native_bf16())
 
 
 def _pads(size, p, k, s):
