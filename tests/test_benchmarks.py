@@ -38,4 +38,3 @@ def test_memory_report_ratios(monkeypatch):
     report = benchmark_step.run_memory_benchmark(modes=("none", "block"))
     assert report["block_memory_saving"] == 0.7 and report["block_time_overhead"] == 0.3
     json.dumps(report)
-

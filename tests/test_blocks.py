@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from seer_tf import cpu
 from seer_tf.models import remat
 from seer_tf.models.blocks import Conv, _normalize_in_float32, _pointwise_as_matmul, batch_norm
 
@@ -86,9 +87,13 @@ def test_which_half_precision_inputs_normalize_in_float32():
     assert not _normalize_in_float32(tf.float32, 104)
 
 
-def test_bfloat16_pointwise_conv_as_matmul_matches_conv2d():
-    """1x1 stride-1 convolutions with >= 64 input channels run as one matmul in bf16 on CPU:
-    same output and gradients as tf.nn.conv2d (up to bf16 rounding)."""
+def test_bfloat16_pointwise_conv_as_matmul_matches_conv2d(monkeypatch):
+    """1x1 stride-1 convolutions with >= 64 input channels run as one matmul in bf16 on CPUs
+    with native bf16: same output and gradients as tf.nn.conv2d (up to bf16 rounding). The
+    matmul is exact on any CPU (emulated bf16 is only slower), so the test forces the rule on."""
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: False)
+    assert not _pointwise_as_matmul(tf.bfloat16, 440)
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: True)
     assert _pointwise_as_matmul(tf.bfloat16, 64) and not _pointwise_as_matmul(tf.bfloat16, 48)
     assert not _pointwise_as_matmul(tf.float32, 440)
     conv = Conv(24, kernel_size=1, dtype="mixed_bfloat16")
