@@ -66,8 +66,9 @@ def test_recompute_leaves_moving_statistics():
 
 @pytest.mark.parametrize("dtype,channels", [("bfloat16", 3), ("bfloat16", 16), ("float16", 3)])
 def test_half_precision_inputs_normalize_in_float32_statistics(dtype, channels):
-    # bfloat16 with 16 channels runs oneDNN's bf16 kernel; 3 channels (and float16) go through
-    # float32 on CPU (`_normalize_in_float32`). Both must give the same normalization.
+    # bfloat16 with 16 channels runs oneDNN's bf16 kernel on CPUs with native bf16; 3 channels
+    # (and float16) go through float32 on CPU (`_normalize_in_float32`). Both must give the
+    # same normalization.
     x = np.tile(X, (1, 1, 1, 6))[..., :channels]
     bn = batch_norm("bn")
     bn.dtype_policy = f"mixed_{dtype}"
@@ -80,11 +81,14 @@ def test_half_precision_inputs_normalize_in_float32_statistics(dtype, channels):
     np.testing.assert_allclose(bn.moving_mean.numpy(), 0.1 * mean, rtol=0.02, atol=1e-3)
 
 
-def test_which_half_precision_inputs_normalize_in_float32():
+def test_which_half_precision_inputs_normalize_in_float32(monkeypatch):
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: True)
     assert _normalize_in_float32(tf.bfloat16, 104) and _normalize_in_float32(tf.bfloat16, 440)
     assert not _normalize_in_float32(tf.bfloat16, 208)
     assert _normalize_in_float32(tf.float16, 208)
     assert not _normalize_in_float32(tf.float32, 104)
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: False)
+    assert _normalize_in_float32(tf.bfloat16, 208)
 
 
 def test_bfloat16_pointwise_conv_as_matmul_matches_conv2d(monkeypatch):

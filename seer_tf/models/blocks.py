@@ -189,11 +189,13 @@ def _normalize_in_float32(dtype, channels: int) -> bool:
     only when the channel count is a multiple of 16 (one AVX-512 register); otherwise oneDNN
     falls back to a generic loop (`nspc_bnorm:any`) that is ~2x slower than casting to float32
     and back (RegNetY-400MF's 104- and 440-wide stages: 0.96 s of a 2.4 s bf16 step, measured
-    with ONEDNN_VERBOSE on an AMX CPU). GPUs and TPUs normalize half precision natively.
+    with ONEDNN_VERBOSE on an AMX CPU). CPUs without native bf16 get no oneDNN bf16 kernel at
+    all (TensorFlow's generic one instead), so they normalize in float32 too. GPUs and TPUs
+    normalize half precision natively.
     """
     if dtype not in (tf.float16, tf.bfloat16) or _accelerator_present():
         return False
-    return dtype == tf.float16 or channels % 16 != 0
+    return dtype == tf.float16 or channels % 16 != 0 or not cpu.has_native_bf16()
 
 
 @keras.saving.register_keras_serializable(package="seer_tf")
