@@ -1,0 +1,110 @@
+"""XLA-gradient ReLUs (seer_tf.models.relu): bit-identical to TF's own path, wired into blocks."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from seer_tf import cpu
+from seer_tf.models import blocks
+from seer_tf.models import relu as relu_ops
+
+RNG = np.random.default_rng(7)
+EPS = 1e-5
+
+
+def _f32(t):
+    return tf.cast(t, tf.float32).numpy()
+
+
+def _bn_relu_and_grads(dtype, xla, x, gamma, beta, dz):
+    @tf.function
+    def run(x, gamma, beta):
+        with tf.GradientTape() as tape:
+            tape.watch([x, gamma, beta])
+            z, mean, var = relu_ops.batch_norm_relu(x, gamma, beta, EPS, xla=xla)
+            loss = tf.reduce_sum(tf.cast(z, tf.float32) * tf.cast(dz, tf.float32))
+        return [z, mean, var] + tape.gradient(loss, [x, gamma, beta])
+
+    return [_f32(t) for t in run(tf.cast(x, dtype), gamma, beta)]
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+def test_batch_norm_relu_xla_gradient_is_bit_identical(dtype):
+    x = RNG.normal(size=(3, 5, 4, 16)).astype("float32") * 2 + 0.3
+    gamma = tf.constant(RNG.uniform(0.5, 1.5, 16), tf.float32)
+    beta = tf.constant(RNG.normal(size=16), tf.float32)
+    dz = tf.cast(RNG.normal(size=x.shape), dtype)
+    plain = _bn_relu_and_grads(dtype, False, x, gamma, beta, dz)
+    fast = _bn_relu_and_grads(dtype, True, x, gamma, beta, dz)
+    for name, a, b in zip(["z", "mean", "var", "dx", "dgamma", "dbeta"], plain, fast):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    # And both are BatchNorm + ReLU: against NumPy's forward and backward (float32 only).
+    if dtype == tf.float32:
+        m, v = x.mean((0, 1, 2)), x.var((0, 1, 2))
+        xhat = (x - m) / np.sqrt(v + EPS)
+        y = xhat * gamma.numpy() + beta.numpy()
+        np.testing.assert_allclose(fast[0], np.maximum(y, 0), atol=1e-5)
+        dy = dz.numpy() * (y > 0)
+        n = x.size // 16
+        dx = gamma.numpy() / np.sqrt(v + EPS) * (
+            dy - dy.mean((0, 1, 2)) - xhat * (dy * xhat).sum((0, 1, 2)) / n)
+        np.testing.assert_allclose(fast[3], dx, atol=1e-4)
+        np.testing.assert_allclose(fast[4], (dy * xhat).sum((0, 1, 2)), rtol=1e-4)
+        np.testing.assert_allclose(fast[5], dy.sum((0, 1, 2)), rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+def test_add_relu_xla_gradient_is_bit_identical(dtype):
+    a = tf.cast(RNG.normal(size=(2, 6, 6, 8)), dtype)
+    b = tf.cast(RNG.normal(size=(2, 6, 6, 8)), dtype)
+    dz = tf.cast(RNG.normal(size=(2, 6, 6, 8)), dtype)
+    results = []
+    for xla in (False, True):
+        with tf.GradientTape() as tape:
+            tape.watch([a, b])
+            z = relu_ops.add_relu(a, b, xla=xla)
+            loss = tf.reduce_sum(tf.cast(z, tf.float32) * tf.cast(dz, tf.float32))
+        results.append([_f32(t) for t in [z] + tape.gradient(loss, [a, b])])
+    for x, y in zip(*results):
+        np.testing.assert_array_equal(x, y)
+    z, ga, gb = results[1]
+    np.testing.assert_array_equal(z, _f32(tf.cast(np.maximum(_f32(a) + _f32(b), 0), dtype)))
+    np.testing.assert_array_equal(ga, np.where(z > 0, _f32(dz), 0))
+    np.testing.assert_array_equal(ga, gb)
+
+
+def test_xla_rule_is_bfloat16_on_native_bf16_cpus(monkeypatch):
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: True)
+    assert blocks._xla_relu_grad(tf.bfloat16) and not blocks._xla_relu_grad(tf.float32)
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: False)
+    assert not blocks._xla_relu_grad(tf.bfloat16)
+
+
+def _yblock_step(monkeypatch, xla):
+    """Output, gradients and moving statistics of one bf16 Y block training step."""
+    monkeypatch.setattr(blocks, "_xla_relu_grad", lambda dtype: xla)
+    keras.utils.set_random_seed(11)
+    block = blocks.YBlock(16, 32, stride=2, group_width=8, dtype="mixed_bfloat16")
+    x = tf.constant(np.random.default_rng(5).normal(size=(2, 8, 8, 16)), tf.float32)
+    block.build(x.shape)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = block(x, training=True)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
+    grads = tape.gradient(loss, [x] + block.trainable_variables)
+    return ([_f32(y)] + [_f32(g) for g in grads]
+            + [v.numpy() for v in block.non_trainable_variables])
+
+
+def test_yblock_bf16_step_is_identical_with_xla_relu_gradients(monkeypatch):
+    """The BatchNorm+ReLU pairs, the block-output ReLU and the moving statistics (updated once)
+    come out the same whichever ReLU path a bf16 block takes."""
+    plain = _yblock_step(monkeypatch, False)
+    fast = _yblock_step(monkeypatch, True)
+    assert len(plain) == len(fast) > 10
+    for a, b in zip(plain, fast):
+        np.testing.assert_array_equal(a, b)
+    assert np.abs(plain[1]).max() > 0  # the input gradient is not trivially zero
+    moving_means = [v for v in fast[-8:] if v.ndim == 1]
+    assert any(np.abs(m).max() > 0 for m in moving_means)  # the statistics did move
