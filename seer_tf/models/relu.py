@@ -70,12 +70,14 @@ def batch_norm_relu(x, gamma, beta, epsilon: float, xla: bool):
     @tf.custom_gradient
     def f(x, gamma, beta):
         z, mean, variance, (r1, r2, r3) = forward(x, gamma, beta)
+        scope = tf.get_current_name_scope()  # the layer's, so profiles file the gradient there
 
         def grad(dz, unused_dmean=None, unused_dvariance=None):
-            dy = _relu_grad(dz, z)
-            dx, dgamma, dbeta, _, _ = tf.raw_ops.FusedBatchNormGradV3(
-                y_backprop=dy, x=x, scale=gamma, reserve_space_1=r1, reserve_space_2=r2,
-                reserve_space_3=r3, epsilon=epsilon, data_format="NHWC", is_training=True)
+            with tf.name_scope(scope + "/" if scope else ""):
+                dy = _relu_grad(dz, z)
+                dx, dgamma, dbeta, _, _ = tf.raw_ops.FusedBatchNormGradV3(
+                    y_backprop=dy, x=x, scale=gamma, reserve_space_1=r1, reserve_space_2=r2,
+                    reserve_space_3=r3, epsilon=epsilon, data_format="NHWC", is_training=True)
             return dx, dgamma, dbeta
 
         return (z, mean, variance), grad
