@@ -83,8 +83,11 @@ def test_resume_after_sigkill_repeats_the_same_losses(uninterrupted, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = max(int(p.split("-")[-1].split(".")[0]) for p in
-                    glob.glob(os.path.join(wd, "checkpoints", "ckpt-*.index")))
+    # The checkpoint a restart resumes from: the newest one the manager's state file names. A
+    # kill between writing ckpt-N's files and updating that file leaves ckpt-(N-1) the latest.
+    latest = tf.train.latest_checkpoint(os.path.join(wd, "checkpoints"))
+    assert latest, "no complete checkpoint before the kill"
+    killed_at = int(latest.rsplit("-", 1)[-1])
     assert killed_at < 5, "the run finished before it was killed; the test proves nothing"
     before = _model_tensors(os.path.join(wd, "checkpoints", f"ckpt-{killed_at}"))
     r = _run(wd, "--config.train.total_steps=5", "--config.train.checkpoint_every=1", *FAST, *QUEUE)
