@@ -160,3 +160,31 @@ def test_mixed_bfloat16_training_gradients():
         assert any(np.abs(v.numpy()).max() > 0 for v in g)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_yblock_se_inside_conv_c_matches_separate_se(monkeypatch):
+    """The SE scale applied inside conv c (folded into its kernel) gives the Y block's output
+    and gradients of the separate y * gate(y) -> conv path."""
+    import tensorflow as tf
+
+    from seer_tf.models import blocks
+
+    keras.utils.set_random_seed(4)
+    block = blocks.YBlock(16, 24, stride=1, group_width=8)
+    x = tf.constant(np.random.default_rng(2).normal(size=(2, 8, 8, 16)), tf.float32)
+    block.build(x.shape)
+    results = []
+    for fold in (True, False):
+        monkeypatch.setattr(blocks.Conv, "_scale_in_kernel", lambda self, t, f=fold: f)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = block(x, training=True)
+            loss = tf.reduce_sum(y ** 2)
+        results.append([y] + tape.gradient(loss, [x] + block.trainable_variables))
+    for ours, ref in zip(*results):
+        np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-4, atol=1e-4)
+    # and the separate path is the SE layer itself
+    h = block.b(block.a(x, training=False), training=False)
+    np.testing.assert_allclose(block.c(block.se(h), training=False).numpy(),
+                               block.c(h, training=False, channel_scale=block.se.gate(h)).numpy(),
+                               rtol=1e-5, atol=1e-5)

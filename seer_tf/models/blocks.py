@@ -150,7 +150,12 @@ class Conv(keras.layers.Layer):
         self.bias = (self.add_weight(name="bias", shape=(self.filters,), initializer=self.bias_initializer)
                      if self.use_bias else None)
 
-    def call(self, x):
+    def call(self, x, channel_scale=None):
+        """conv(x), or conv(x * channel_scale[:, None, None, :]) for an (N, C_in) scale (SE)."""
+        if channel_scale is not None:
+            if self._scale_in_kernel(x):
+                return self._scaled_pointwise(x, channel_scale)
+            x = x * channel_scale[:, None, None, :]
         p = self.kernel_size // 2
         padding = "VALID"
         if p and self.strides == 1:
@@ -165,7 +170,7 @@ class Conv(keras.layers.Layer):
         kernel = tf.cast(self.kernel, x.dtype)
         if (self.kernel_size == 1 and self.strides == 1 and self.groups == 1
                 and _pointwise_as_matmul(x.dtype, int(x.shape[-1]))):
-            y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), kernel[0, 0])
+            y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), tf.reshape(kernel, kernel.shape[2:]))
             y = tf.reshape(y, tf.concat([tf.shape(x)[:-1], [self.filters]], axis=0))
             y.set_shape(x.shape[:-1] + (self.filters,))
         elif self.groups > 1 and not _grouped_conv_native():
@@ -175,6 +180,31 @@ class Conv(keras.layers.Layer):
         else:
             y = tf.nn.conv2d(x, kernel, strides=self.strides, padding=padding)
         y = tf.cast(y, out_dtype)
+        if self.use_bias:
+            y = tf.nn.bias_add(y, tf.cast(self.bias, y.dtype))
+        return y
+
+    def _scale_in_kernel(self, x) -> bool:
+        """Whether a per-image input scale is folded into the kernel: (x * s) W = x (s W), one
+        batched matmul with a (C_in, C_out) kernel per image. On CPU that removes the SE's three
+        activation-sized element-wise passes (the scale, its gradient and the gate's gradient
+        reduction; the gate's now comes from the small per-image kernel gradients) and wins
+        once an image has more pixels than ~1.3x its channels: measured forward+backward on a
+        2-core AMX Xeon, RegNetY-400MF shapes, bf16 / fp32: 64x56x56x48 23.7 -> 6.1 / 29.6 ->
+        14.2 ms, 64x28x28x104 9.5 -> 5.3 / 20.1 -> 12.9, 128x12x12x104 4.4 -> 4.0 / 7.0 -> 5.9;
+        slower at 64x14x14x208 (5.6 -> 6.5) and 64x7x7x440 (4.5 -> 22.3), where it is not used.
+        """
+        h, w, c = x.shape[1], x.shape[2], int(x.shape[-1])
+        return (self.kernel_size == 1 and self.strides == 1 and self.groups == 1
+                and h is not None and w is not None and h * w >= 1.3 * c
+                and not _accelerator_present())
+
+    def _scaled_pointwise(self, x, channel_scale):
+        kernel = tf.cast(tf.reshape(self.kernel, self.kernel.shape[2:]), x.dtype)
+        per_image = channel_scale[:, :, None] * kernel[None]  # (N, C_in, C_out)
+        n, h, w, c = tf.shape(x)[0], x.shape[1], x.shape[2], int(x.shape[-1])
+        y = tf.matmul(tf.reshape(x, [n, h * w, c]), per_image)
+        y = tf.reshape(y, [n, h, w, self.filters])
         if self.use_bias:
             y = tf.nn.bias_add(y, tf.cast(self.bias, y.dtype))
         return y
@@ -316,8 +346,9 @@ class ConvBN(keras.layers.Layer):
         self.conv.build(input_shape)
         self.bn.build(self.conv.compute_output_shape(input_shape))
 
-    def call(self, x, training=None):
-        return self.bn(self.conv(x), training=training, relu=self.activation)
+    def call(self, x, training=None, channel_scale=None):
+        return self.bn(self.conv(x, channel_scale=channel_scale), training=training,
+                       relu=self.activation)
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)
@@ -355,12 +386,19 @@ class SqueezeExcite(keras.layers.Layer):
         self.expand_bias = self.add_weight(name="expand_bias", shape=(ch,),
                                            initializer=bias_init(self.se_width))
 
+    def gate(self, x):
+        """The (N, C) excitation that multiplies x; YBlock hands it to conv c, which may fold it
+        into its kernel (`Conv.call(channel_scale=...)`)."""
+        with tf.name_scope(self.name):
+            dt = x.dtype
+            s = tf.reduce_mean(x, axis=[1, 2])
+            s = tf.nn.relu(tf.matmul(s, tf.cast(self.reduce_kernel, dt))
+                           + tf.cast(self.reduce_bias, dt))
+            return tf.sigmoid(tf.matmul(s, tf.cast(self.expand_kernel, dt))
+                              + tf.cast(self.expand_bias, dt))
+
     def call(self, x):
-        dt = x.dtype
-        s = tf.reduce_mean(x, axis=[1, 2])
-        s = tf.nn.relu(tf.matmul(s, tf.cast(self.reduce_kernel, dt)) + tf.cast(self.reduce_bias, dt))
-        s = tf.sigmoid(tf.matmul(s, tf.cast(self.expand_kernel, dt)) + tf.cast(self.expand_bias, dt))
-        return x * s[:, None, None, :]
+        return x * self.gate(x)[:, None, None, :]
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -410,9 +448,8 @@ class YBlock(keras.layers.Layer):
 
     def call(self, x, training=None):
         y = self.b(self.a(x, training=training), training=training)
-        if self.se is not None:
-            y = self.se(y)
-        y = self.c(y, training=training)
+        scale = self.se.gate(y) if self.se is not None else None  # SE: y * scale, inside c
+        y = self.c(y, training=training, channel_scale=scale)
         shortcut = self.proj(x, training=training) if self.proj is not None else x
         return relu_ops.add_relu(shortcut, y, xla=_xla_relu_grad(y.dtype))
 
