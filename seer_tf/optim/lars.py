@@ -161,24 +161,20 @@ class LARC(keras.optimizers.Optimizer):
         w = tf.cast(tf.convert_to_tensor(variable), compute)
         g = tf.cast(gradient, compute)
         lr = tf.cast(learning_rate, compute)
-
-        if adapt:
-            w_norm = tf.sqrt(tf.reduce_sum(tf.square(w)))
-            g_norm = tf.sqrt(tf.reduce_sum(tf.square(g)))
-            ratio = self.trust_coefficient * w_norm / (g_norm + w_norm * wd + self.eps)
-            if self.clip:
-                ratio = tf.minimum(ratio / lr, 1.0)
-            take = tf.logical_and(tf.not_equal(w_norm, 0.0), tf.not_equal(g_norm, 0.0))
-            g = tf.where(take, (g + wd * w) * ratio, g)
-        elif wd:
-            g = g + wd * w
-
-        if self.momentum > 0:
-            buf = self.momentums[index]
-            new_buf = self.momentum * tf.cast(tf.convert_to_tensor(buf), compute) + g
+        buf = self.momentums[index] if self.momentum > 0 else None
+        buf_value = tf.cast(tf.convert_to_tensor(buf), compute) if buf is not None else lr
+        # The norms are TF's L2Loss (one multi-threaded pass each; XLA's CPU reductions are
+        # single-threaded); the rest of the step is one XLA kernel per tensor instead of ~12
+        # element-wise TF ops. RegNetY-400MF + SwAV head (230 tensors, 9.6M weights), one
+        # apply on a 2-core CPU: 53 ms as plain TF ops, 32 ms so.
+        w_norm = tf.sqrt(2.0 * tf.nn.l2_loss(w)) if adapt else lr
+        g_norm = tf.sqrt(2.0 * tf.nn.l2_loss(g)) if adapt else lr
+        step, new_buf = _larc_step(
+            w, g, buf_value, lr, w_norm, g_norm, wd=wd, adapt=adapt, trust=self.trust_coefficient,
+            eps=self.eps, clip=self.clip, momentum=self.momentum, nesterov=self.nesterov)
+        if buf is not None:
             self.assign(buf, new_buf)
-            g = g + self.momentum * new_buf if self.nesterov else new_buf
-        self.assign_sub(variable, lr * g)
+        self.assign_sub(variable, step)
 
     def get_config(self):
         config = super().get_config()
@@ -196,6 +192,25 @@ class LARC(keras.optimizers.Optimizer):
             exclude_vectors_from_adaptation=self.exclude_vectors_from_adaptation,
         )
         return config
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _larc_step(w, g, buf, lr, w_norm, g_norm, wd, adapt, trust, eps, clip, momentum, nesterov):
+    """(lr * d, new momentum buffer) of the module docstring's step for one tensor, given
+    ||w|| and ||g|| (unused when not `adapt`); `buf` is unused without momentum."""
+    if adapt:
+        ratio = trust * w_norm / (g_norm + w_norm * wd + eps)
+        if clip:
+            ratio = tf.minimum(ratio / lr, 1.0)
+        take = tf.logical_and(tf.not_equal(w_norm, 0.0), tf.not_equal(g_norm, 0.0))
+        g = tf.where(take, (g + wd * w) * ratio, g)
+    elif wd:
+        g = g + wd * w
+    new_buf = buf
+    if momentum > 0:
+        new_buf = momentum * buf + g
+        g = g + momentum * new_buf if nesterov else new_buf
+    return lr * g, new_buf
 
 
 def _config_rule(rule):
