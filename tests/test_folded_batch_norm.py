@@ -27,19 +27,22 @@ def test_fold_factor(channels, pixels, k):
     assert folded.fold_factor(channels, pixels) == k
 
 
-def _run(x, gamma, beta, dz, relu, k):
+def _run(x, gamma, beta, dz, relu, k, dsq=None):
     @tf.function
     def run(x, gamma, beta):
         with tf.GradientTape() as tape:
             tape.watch([x, gamma, beta])
-            z, mean, var = folded.batch_norm(x, gamma, beta, EPS, relu, k)
+            z, mean, var, *sq = folded.batch_norm(x, gamma, beta, EPS, relu, k,
+                                                  spatial_mean=dsq is not None)
             loss = tf.reduce_sum(tf.cast(z, tf.float32) * tf.cast(dz, tf.float32))
+            if dsq is not None:  # the SE squeeze's gradient joins the ReLU gradient
+                loss += tf.reduce_sum(tf.cast(sq[0], tf.float32) * dsq)
         return [z, mean, var] + tape.gradient(loss, [x, gamma, beta])
 
     return [_f32(t) for t in run(x, gamma, beta)]
 
 
-def _reference(x, gamma, beta, dz, relu, mask=None):
+def _reference(x, gamma, beta, dz, relu, mask=None, dsq=None):
     """Training-mode BatchNorm [+ReLU] and its gradients in float64; `mask` (where the output is
     > 0) from the implementation under test, so ReLU ties at 0 do not decide the comparison."""
     x, dz = x.astype(np.float64), dz.astype(np.float64)
@@ -47,15 +50,17 @@ def _reference(x, gamma, beta, dz, relu, mask=None):
     mean, var = x.mean(axes), x.var(axes)
     x_hat = (x - mean) / np.sqrt(var + EPS)
     y = x_hat * gamma + beta
+    if dsq is not None:
+        dz = dz + dsq[:, None, None, :] / (x.shape[1] * x.shape[2])
     dy = dz * (mask if mask is not None else y > 0) if relu else dz
     dbeta, dgamma = dy.sum(axes), (dy * x_hat).sum(axes)
     dx = gamma / np.sqrt(var + EPS) * (dy - dbeta / n - x_hat * dgamma / n)
     return [np.maximum(y, 0) if relu else y, mean, var * n / (n - 1), dx, dgamma, dbeta]
 
 
-@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("relu,squeeze", [(True, False), (False, False), (True, True)])
 @pytest.mark.parametrize("shape", [(4, 6, 5, 24), (2, 3, 4, 20), (2, 2, 4, 6)])
-def test_folded_matches_float64_reference(shape, relu):
+def test_folded_matches_float64_reference(shape, relu, squeeze):
     """Statistics combined over the k pixel groups are the per-channel ones, and the backward
     (inference-mode gradient on the fold + one XLA kernel) is BatchNorm's training gradient."""
     c = shape[-1]
@@ -66,8 +71,10 @@ def test_folded_matches_float64_reference(shape, relu):
     gamma = RNG.uniform(0.5, 1.5, c).astype("float32")
     beta = RNG.normal(size=c).astype("float32")
     dz = RNG.normal(size=shape).astype("float32")
-    got = _run(tf.constant(x), tf.constant(gamma), tf.constant(beta), tf.constant(dz), relu, k)
-    want = _reference(x, gamma, beta, dz, relu, mask=got[0] > 0)
+    dsq = (RNG.normal(size=(shape[0], c)) * 10).astype("float32") if squeeze else None
+    got = _run(tf.constant(x), tf.constant(gamma), tf.constant(beta), tf.constant(dz), relu, k,
+               dsq)
+    want = _reference(x, gamma, beta, dz, relu, mask=got[0] > 0, dsq=dsq)
     for name, g, w in zip(["z", "mean", "var", "dx", "dgamma", "dbeta"], got, want):
         np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-5 * np.abs(w).max(), err_msg=name)
 
@@ -116,7 +123,7 @@ def _bn_layer_step(monkeypatch, fold_on, x, relu):
     monkeypatch.setattr(blocks, "_accelerator_present", lambda: False)
     calls = []
     real = folded.batch_norm
-    monkeypatch.setattr(folded, "batch_norm", lambda *a: calls.append(a[-1]) or real(*a))
+    monkeypatch.setattr(folded, "batch_norm", lambda *a, **kw: calls.append(a[5]) or real(*a, **kw))
     if not fold_on:
         monkeypatch.setattr(blocks, "_channel_fold", lambda x: 1)
     bn = blocks.batch_norm("bn")

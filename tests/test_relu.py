@@ -1,4 +1,5 @@
-"""XLA-gradient ReLUs (seer_tf.models.relu): bit-identical to TF's own path, wired into blocks."""
+"""XLA-gradient ReLUs (seer_tf.models.relu): TF's own arithmetic (bit-identical, except where the
+SE squeeze's gradient joins the kernel: one rounding instead of three), wired into blocks."""
 
 import keras
 import numpy as np
@@ -84,8 +85,10 @@ def test_xla_rule_is_bfloat16_on_native_bf16_cpus(monkeypatch):
 def _yblock_step(monkeypatch, xla):
     """Output, gradients and moving statistics of one bf16 Y block training step."""
     monkeypatch.setattr(blocks, "_xla_relu_grad", lambda dtype: xla)
-    calls, compiled = [], relu_ops._relu_grad
-    monkeypatch.setattr(relu_ops, "_relu_grad", lambda dz, z: calls.append(z.shape) or compiled(dz, z))
+    calls, compiled, with_mean = [], relu_ops._relu_grad, relu_ops._relu_grad_with_mean
+    monkeypatch.setattr(relu_ops, "_relu_grad", lambda dz, z: calls.append("relu") or compiled(dz, z))
+    monkeypatch.setattr(relu_ops, "_relu_grad_with_mean",
+                        lambda dz, dm, z: calls.append("relu+se") or with_mean(dz, dm, z))
     keras.utils.set_random_seed(11)
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
@@ -100,23 +103,50 @@ def _yblock_step(monkeypatch, xla):
         loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
     assert y.dtype == tf.bfloat16 and block.b.bn.compute_dtype == "bfloat16"
     grads = tape.gradient(loss, [x] + block.trainable_variables)
-    # a, b (BatchNorm+ReLU) and the block output (add+ReLU) take the compiled gradient, or none.
-    assert len(calls) == (3 if xla else 0)
-    return ([_f32(y)] + [_f32(g) for g in grads]
-            + [v.numpy() for v in block.non_trainable_variables])
+    # a and the block output (add+ReLU) take the compiled gradient, b the one that also takes
+    # the SE squeeze's gradient; or none of them.
+    assert sorted(calls) == (["relu", "relu", "relu+se"] if xla else [])
+    return ([_f32(y)] + [v.numpy() for v in block.non_trainable_variables],
+            [_f32(g) for g in grads])
 
 
-def test_yblock_bf16_step_is_identical_with_xla_relu_gradients(monkeypatch):
-    """The BatchNorm+ReLU pairs, the block-output ReLU and the moving statistics (updated once)
-    come out the same whichever ReLU path a bf16 block takes."""
-    plain = _yblock_step(monkeypatch, False)
-    fast = _yblock_step(monkeypatch, True)
-    assert len(plain) == len(fast) > 10
+def _assert_bf16_close(fast, plain):
+    """bf16 gradients whose only difference is where the SE squeeze's gradient is added
+    (one rounding in the XLA kernel instead of three in Tile, Mul and AddN)."""
     for a, b in zip(plain, fast):
+        np.testing.assert_allclose(b, a, rtol=0.03, atol=0.03 * np.abs(a).max())
+
+
+def test_yblock_bf16_step_matches_with_xla_relu_gradients(monkeypatch):
+    """Whichever ReLU path a bf16 block takes: the same output and moving statistics (updated
+    once), bit for bit, and the same gradients up to bf16 rounding."""
+    (plain_fwd, plain), (fast_fwd, fast) = (_yblock_step(monkeypatch, xla) for xla in (False, True))
+    assert len(plain) == len(fast) > 10 and len(plain_fwd) == len(fast_fwd) > 5
+    for a, b in zip(plain_fwd, fast_fwd):
         np.testing.assert_array_equal(a, b)
-    assert np.abs(plain[1]).max() > 0  # the input gradient is not trivially zero
-    moving_means = [v for v in fast[-8:] if v.ndim == 1]
-    assert any(np.abs(m).max() > 0 for m in moving_means)  # the statistics did move
+    _assert_bf16_close(fast, plain)
+    assert np.abs(plain[0]).max() > 0  # the input gradient is not trivially zero
+    assert any(np.abs(m).max() > 0 for m in plain_fwd[1:] if m.ndim == 1)  # statistics moved
+
+
+def test_relu_gradient_with_the_se_squeeze(monkeypatch):
+    """float32 BatchNorm+ReLU that also returns the output's H, W mean: the XLA gradient that
+    adds the mean's gradient is the plain autodiff one."""
+    x = tf.constant(RNG.normal(size=(3, 5, 4, 16)).astype("float32") * 2 + 0.3)
+    gamma = tf.constant(RNG.uniform(0.5, 1.5, 16), tf.float32)
+    beta = tf.constant(RNG.normal(size=16), tf.float32)
+    dz = tf.constant(RNG.normal(size=x.shape), tf.float32)
+    dsq = tf.constant(RNG.normal(size=(3, 16)) * 5, tf.float32)
+    results = []
+    for xla in (False, True):
+        with tf.GradientTape() as tape:
+            tape.watch([x, gamma, beta])
+            z, _, _, sq = relu_ops.batch_norm_relu(x, gamma, beta, EPS, xla=xla, spatial_mean=True)
+            loss = tf.reduce_sum(z * dz) + tf.reduce_sum(sq * dsq)
+        results.append([z, sq] + tape.gradient(loss, [x, gamma, beta]))
+    for name, a, b in zip(["z", "squeeze", "dx", "dgamma", "dbeta"], *results):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(results[1][1].numpy(), results[1][0].numpy().mean((1, 2)), rtol=1e-6)
 
 
 def _regnet_bf16_step(monkeypatch, xla, remat_mode):
@@ -139,16 +169,18 @@ def _regnet_bf16_step(monkeypatch, xla, remat_mode):
         return loss, tape.gradient(loss, model.trainable_variables)
 
     loss, grads = step()
-    return [loss.numpy()] + [g.numpy() for g in grads] + [
-        v.numpy() for v in model.non_trainable_variables]
+    return ([loss.numpy()] + [v.numpy() for v in model.non_trainable_variables],
+            [g.numpy() for g in grads])
 
 
 @pytest.mark.parametrize("remat_mode", ["none", "block"])
 def test_bf16_regnet_with_xla_relu_gradients_matches_plain(monkeypatch, remat_mode):
     """A whole bf16 trunk, with and without activation checkpointing (the custom gradients are
-    recomputed inside tf.recompute_grad): same loss, gradients and moving statistics."""
-    plain = _regnet_bf16_step(monkeypatch, False, remat_mode)
-    fast = _regnet_bf16_step(monkeypatch, True, remat_mode)
+    recomputed inside tf.recompute_grad): same loss and moving statistics, the same gradients
+    up to bf16 rounding."""
+    plain_fwd, plain = _regnet_bf16_step(monkeypatch, False, remat_mode)
+    fast_fwd, fast = _regnet_bf16_step(monkeypatch, True, remat_mode)
     assert len(plain) == len(fast) > 20
-    for a, b in zip(plain, fast):
+    for a, b in zip(plain_fwd, fast_fwd):
         np.testing.assert_array_equal(a, b)
+    _assert_bf16_close(fast, plain)

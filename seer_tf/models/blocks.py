@@ -271,12 +271,18 @@ class BatchNorm(keras.layers.BatchNormalization):
                 and self.center and len(inputs.shape) == 4 and self.axis in (-1, 3, [3], [-1])
                 and inputs.dtype.name in ("float32", "bfloat16", "float16"))
 
-    def call(self, inputs, training=None, mask=None, relu=False):
+    def call(self, inputs, training=None, mask=None, relu=False, spatial_mean=False):
         """BatchNorm, then ReLU when `relu` (in the normalization's dtype, so grappler fuses the
-        pair into one oneDNN kernel, and with an XLA gradient where that is faster)."""
+        pair into one oneDNN kernel, and with an XLA gradient where that is faster).
+        `spatial_mean`: return (y, mean of y over H, W) - the SE squeeze, whose gradient joins
+        the XLA ReLU gradient where there is one."""
+        if spatial_mean and not relu:
+            raise ValueError("spatial_mean is the SE squeeze of a BatchNorm+ReLU output")
         if not self._fused_ok(inputs, mask):
             y = self._keras_call(inputs, training, mask)
-            return tf.nn.relu(y) if relu else y
+            y = tf.nn.relu(y) if relu else y
+            return (y, tf.reduce_mean(y, [1, 2])) if spatial_mean else y
+        squeezed = None
         x = tf.cast(inputs, self.compute_dtype) if inputs.dtype != self.compute_dtype else inputs
         fold = _channel_fold(x)
         if fold == 1 and _normalize_in_float32(x.dtype, int(x.shape[-1])):
@@ -284,11 +290,14 @@ class BatchNorm(keras.layers.BatchNormalization):
         gamma = tf.cast(self.gamma, tf.float32)
         beta = tf.cast(self.beta, tf.float32)
         if training and self.trainable:
+            fused_mean = spatial_mean and x.dtype == self.compute_dtype
             if fold > 1:
-                y, mean, variance = folded.batch_norm(x, gamma, beta, self.epsilon, relu, fold)
+                y, mean, variance, *squeezed = folded.batch_norm(
+                    x, gamma, beta, self.epsilon, relu, fold, spatial_mean=fused_mean)
             elif relu:
-                y, mean, variance = relu_ops.batch_norm_relu(x, gamma, beta, self.epsilon,
-                                                             xla=_xla_relu_grad(x.dtype))
+                y, mean, variance, *squeezed = relu_ops.batch_norm_relu(
+                    x, gamma, beta, self.epsilon, xla=_xla_relu_grad(x.dtype),
+                    spatial_mean=fused_mean)
             else:
                 y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
                     x=x, scale=gamma, offset=beta, mean=tf.zeros([0]), variance=tf.zeros([0]),
@@ -312,7 +321,10 @@ class BatchNorm(keras.layers.BatchNormalization):
                 exponential_avg_factor=1.0, data_format="NHWC", is_training=False)
             if relu:
                 y = tf.nn.relu(y)
-        return tf.cast(y, self.compute_dtype)
+        y = tf.cast(y, self.compute_dtype)
+        if not spatial_mean:
+            return y
+        return y, squeezed[0] if squeezed else tf.reduce_mean(y, [1, 2])
 
     def _keras_call(self, inputs, training, mask):
         if training and remat.is_recomputing():
@@ -346,9 +358,10 @@ class ConvBN(keras.layers.Layer):
         self.conv.build(input_shape)
         self.bn.build(self.conv.compute_output_shape(input_shape))
 
-    def call(self, x, training=None, channel_scale=None):
+    def call(self, x, training=None, channel_scale=None, spatial_mean=False):
+        """BatchNorm(conv(x [* channel_scale])) [-> ReLU]; `spatial_mean`: (y, its H, W mean)."""
         return self.bn(self.conv(x, channel_scale=channel_scale), training=training,
-                       relu=self.activation)
+                       relu=self.activation, spatial_mean=spatial_mean)
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)
@@ -387,11 +400,16 @@ class SqueezeExcite(keras.layers.Layer):
                                            initializer=bias_init(self.se_width))
 
     def gate(self, x):
-        """The (N, C) excitation that multiplies x; YBlock hands it to conv c, which may fold it
+        """The (N, C) excitation that multiplies x."""
+        return self.excite(tf.reduce_mean(x, axis=[1, 2]))
+
+    def excite(self, squeezed):
+        """(N, C) excitation from the (N, C) squeeze (x's mean over H, W). YBlock takes the
+        squeeze from b's BatchNorm+ReLU and hands the excitation to conv c, which may fold it
         into its kernel (`Conv.call(channel_scale=...)`)."""
         with tf.name_scope(self.name):
-            dt = x.dtype
-            s = tf.reduce_mean(x, axis=[1, 2])
+            dt = squeezed.dtype
+            s = squeezed
             s = tf.nn.relu(tf.matmul(s, tf.cast(self.reduce_kernel, dt))
                            + tf.cast(self.reduce_bias, dt))
             return tf.sigmoid(tf.matmul(s, tf.cast(self.expand_kernel, dt))
@@ -447,8 +465,13 @@ class YBlock(keras.layers.Layer):
             self.proj.build(input_shape)
 
     def call(self, x, training=None):
-        y = self.b(self.a(x, training=training), training=training)
-        scale = self.se.gate(y) if self.se is not None else None  # SE: y * scale, inside c
+        y = self.a(x, training=training)
+        scale = None
+        if self.se is not None:  # SE: squeeze from b's output, y * scale inside c
+            y, squeezed = self.b(y, training=training, spatial_mean=True)
+            scale = self.se.excite(squeezed)
+        else:
+            y = self.b(y, training=training)
         y = self.c(y, training=training, channel_scale=scale)
         shortcut = self.proj(x, training=training) if self.proj is not None else x
         return relu_ops.add_relu(shortcut, y, xla=_xla_relu_grad(y.dtype))

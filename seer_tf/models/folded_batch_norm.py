@@ -12,7 +12,8 @@ of theirs plus the variance of the group means).
 
     forward   oneDNN training BatchNorm on the fold -> k group means/variances (its normalized
               output is discarded), combine; normalize (+ReLU) in one XLA kernel
-    backward  ReLU gradient (XLA); oneDNN inference-mode BatchNorm gradient on the fold, whose
+    backward  ReLU gradient (XLA, with the SE squeeze's gradient when asked for; see
+              `relu.batch_norm_relu`); oneDNN inference-mode BatchNorm gradient on the fold, whose
               sum(dy) and sum(dy * x_hat) per folded channel add up over the k groups to the
               per-channel dbeta and dgamma; dx = gamma/sigma * (dy - mean(dy) - x_hat *
               mean(dy * x_hat)) in one XLA kernel
@@ -65,20 +66,20 @@ def _normalize(x, mean, inv_std, gamma, beta, relu: bool):
 
 
 @tf.function(jit_compile=True, reduce_retracing=True)
-def _input_gradient(dz, z, x, mean, inv_std, gamma, dgamma, dbeta, count, relu: bool):
-    dy = tf.cast(dz, tf.float32)
-    if relu:
-        dy = tf.where(z > 0, dy, 0.0)
+def _input_gradient(dy, x, mean, inv_std, gamma, dgamma, dbeta, count):
+    dy = tf.cast(dy, tf.float32)
     x_hat = (tf.cast(x, tf.float32) - mean) * inv_std
     dx = (gamma * inv_std) * (dy - dbeta / count - x_hat * (dgamma / count))
     return tf.cast(dx, x.dtype)
 
 
-def batch_norm(x, gamma, beta, epsilon: float, relu: bool, k: int):
+def batch_norm(x, gamma, beta, epsilon: float, relu: bool, k: int, spatial_mean: bool = False):
     """Training-mode BatchNorm [+ReLU] of NHWC `x` on its k-fold -> (output, batch mean,
-    unbiased batch variance), like `relu.batch_norm_relu`; gamma and beta are float32. The
-    statistics carry no gradient (the caller stops it)."""
+    unbiased batch variance) [+ the output's mean over H, W], like `relu.batch_norm_relu`;
+    gamma and beta are float32. The statistics carry no gradient (the caller stops it)."""
     channels = int(x.shape[-1])
+    if spatial_mean and not relu:
+        raise ValueError("spatial_mean is the SE squeeze of a BatchNorm+ReLU output")
 
     @tf.custom_gradient
     def f(x, gamma, beta):
@@ -93,11 +94,12 @@ def batch_norm(x, gamma, beta, epsilon: float, relu: bool, k: int):
         inv_std = tf.math.rsqrt(var + epsilon)
         z = _normalize(x, mean, inv_std, gamma, beta, relu)
         unbiased = var * (count / tf.maximum(count - 1.0, 1.0))
+        outputs = (z, mean, unbiased) + ((tf.reduce_mean(z, [1, 2]),) if spatial_mean else ())
         scope = tf.get_current_name_scope()
 
-        def grad(dz, unused_dmean=None, unused_dvariance=None):
+        def grad(dz, unused_dmean=None, unused_dvariance=None, dsqueeze=None):
             with tf.name_scope(scope + "/" if scope else ""):
-                dy = relu_ops._relu_grad(dz, z) if relu else dz
+                dy = relu_ops.relu_grad(dz, z, dsqueeze) if relu else dz
                 tile = lambda v: tf.tile(v, [k])
                 _, dgamma_k, dbeta_k, _, _ = tf.raw_ops.FusedBatchNormGradV3(
                     y_backprop=_fold(dy, k), x=xk, scale=tf.ones([k * channels]),
@@ -106,10 +108,10 @@ def batch_norm(x, gamma, beta, epsilon: float, relu: bool, k: int):
                     is_training=False)
                 dgamma = tf.reduce_sum(tf.reshape(dgamma_k, [k, channels]), 0)
                 dbeta = tf.reduce_sum(tf.reshape(dbeta_k, [k, channels]), 0)
-                dx = _input_gradient(dz, z, x, mean, inv_std, gamma, dgamma, dbeta, count, relu)
+                dx = _input_gradient(dy, x, mean, inv_std, gamma, dgamma, dbeta, count)
             return dx, dgamma, dbeta
 
-        return (z, mean, unbiased), grad
+        return outputs, grad
 
     return f(x, gamma, beta)
 

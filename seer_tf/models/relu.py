@@ -28,6 +28,20 @@ def _relu_grad(dz, z):
 
 
 @tf.function(jit_compile=True, reduce_retracing=True)
+def _relu_grad_with_mean(dz, dmean, z):
+    """ReLU gradient of z where z also fed mean(z over H, W) (the SE squeeze): the mean's
+    gradient, spread over the pixels, joins dz in the same kernel (no Tile/AddN pass)."""
+    hw = tf.cast(tf.shape(z)[1] * tf.shape(z)[2], tf.float32)
+    d = tf.cast(dz, tf.float32) + tf.cast(dmean, tf.float32)[:, None, None, :] / hw
+    return tf.cast(tf.where(z > 0, d, 0.0), z.dtype)
+
+
+def relu_grad(dz, z, dmean=None):
+    """XLA ReLU gradient; with `dmean`, of an output that also fed its spatial mean."""
+    return _relu_grad(dz, z) if dmean is None else _relu_grad_with_mean(dz, dmean, z)
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
 def _add_relu_forward(a, b):
     return tf.nn.relu(a + b)
 
@@ -50,8 +64,10 @@ def add_relu(a, b, xla: bool):
     return f(a, b)
 
 
-def batch_norm_relu(x, gamma, beta, epsilon: float, xla: bool):
-    """relu(training-mode FusedBatchNormV3(x)) -> (output, batch mean, batch variance).
+def batch_norm_relu(x, gamma, beta, epsilon: float, xla: bool, spatial_mean: bool = False):
+    """relu(training-mode FusedBatchNormV3(x)) -> (output, batch mean, batch variance)
+    [+ (N, C) mean of the output over H, W when `spatial_mean`: the SE squeeze, whose gradient
+    then joins the XLA ReLU gradient instead of a Tile and an AddN of its own].
 
     gamma and beta are float32 tensors; x is float32 or bfloat16. The mean and variance are the
     kernel's (the variance unbiased, as TF returns it) for the caller's moving statistics; they
@@ -65,21 +81,22 @@ def batch_norm_relu(x, gamma, beta, epsilon: float, xla: bool):
 
     if not xla:
         z, mean, variance, _ = forward(x, gamma, beta)
-        return z, mean, variance
+        return (z, mean, variance) + ((tf.reduce_mean(z, [1, 2]),) if spatial_mean else ())
 
     @tf.custom_gradient
     def f(x, gamma, beta):
         z, mean, variance, (r1, r2, r3) = forward(x, gamma, beta)
+        outputs = (z, mean, variance) + ((tf.reduce_mean(z, [1, 2]),) if spatial_mean else ())
         scope = tf.get_current_name_scope()  # the layer's, so profiles file the gradient there
 
-        def grad(dz, unused_dmean=None, unused_dvariance=None):
+        def grad(dz, unused_dmean=None, unused_dvariance=None, dsqueeze=None):
             with tf.name_scope(scope + "/" if scope else ""):
-                dy = _relu_grad(dz, z)
+                dy = relu_grad(dz, z, dsqueeze)
                 dx, dgamma, dbeta, _, _ = tf.raw_ops.FusedBatchNormGradV3(
                     y_backprop=dy, x=x, scale=gamma, reserve_space_1=r1, reserve_space_2=r2,
                     reserve_space_3=r3, epsilon=epsilon, data_format="NHWC", is_training=True)
             return dx, dgamma, dbeta
 
-        return (z, mean, variance), grad
+        return outputs, grad
 
     return f(x, gamma, beta)
