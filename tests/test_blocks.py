@@ -100,6 +100,11 @@ def test_bfloat16_pointwise_conv_as_matmul_matches_conv2d(monkeypatch):
     monkeypatch.setattr(cpu, "has_native_bf16", lambda: True)
     assert _pointwise_as_matmul(tf.bfloat16, 64) and not _pointwise_as_matmul(tf.bfloat16, 48)
     assert not _pointwise_as_matmul(tf.float32, 440)
+    # Outputs of >= 32M elements (oneDNN's 1x1 kernel slows down there): matmul in either dtype.
+    big = 64 * 112 * 112 * 48
+    assert _pointwise_as_matmul(tf.float32, 32, big) and _pointwise_as_matmul(tf.bfloat16, 32, big)
+    assert not _pointwise_as_matmul(tf.float32, 32, big // 2)
+    assert not _pointwise_as_matmul(tf.float32, 32, None)
     conv = Conv(24, kernel_size=1, dtype="mixed_bfloat16")
     x = tf.constant(RNG.normal(size=(2, 5, 3, 64)), tf.bfloat16)
     conv.build(x.shape)

@@ -88,17 +88,31 @@ def _grouped_gradient_works(dtype: str) -> bool:
     return result[0]
 
 
-def _pointwise_as_matmul(dtype, in_channels: int) -> bool:
+def _pointwise_as_matmul(dtype, in_channels: int, out_elements=None) -> bool:
     """Whether a stride-1 1x1 convolution runs as one matmul over the (N*H*W, C) pixels.
 
     On CPU in bfloat16, oneDNN's AMX matmul does a RegNetY 1x1 convolution's forward and both
     gradients 1.4-2.9x faster than its 1x1-convolution kernels once there are >= 64 input
     channels (fewer: the convolution kernels are as fast or faster); in float32 the two are
     equal (measured with AVX-512 and AMX, 2 threads). Same arithmetic, so the choice is free.
-    CPUs without native bf16 keep the convolution (not measured there).
+    Either dtype, a 1x1 convolution whose output has >= 32M elements (`out_elements`, static
+    N*H*W*C_out) runs as a matmul too: oneDNN 3.7's brgconv_1x1 slows down erratically there
+    (RegNetY-400MF's first block at 2x32 224px crops, 64x112x112x32 -> 48: 42-58 ms per forward
+    in the step against ~11 ms as a matmul; forward+backward isolated bf16 68.7 vs 36.9 ms,
+    fp32 94.5 vs 71.2). CPUs without native bf16 keep the convolution in bf16 (not measured).
     """
-    return (dtype == tf.bfloat16 and in_channels >= 64 and not _accelerator_present()
-            and cpu.has_native_bf16())
+    if _accelerator_present():
+        return False
+    if out_elements is not None and out_elements >= 32 * 2**20 and (
+            dtype == tf.float32 or cpu.has_native_bf16()):
+        return True
+    return dtype == tf.bfloat16 and in_channels >= 64 and cpu.has_native_bf16()
+
+
+def _elements(shape):
+    """Number of elements of a static shape, None when any dimension is unknown."""
+    dims = tuple(shape)
+    return None if None in dims else math.prod(dims)
 
 
 def _xla_relu_grad(dtype) -> bool:
@@ -169,7 +183,8 @@ class Conv(keras.layers.Layer):
             x = tf.cast(x, tf.float32)  # e.g. bf16 on a CPU without AVX512_BF16: no grouped grad
         kernel = tf.cast(self.kernel, x.dtype)
         if (self.kernel_size == 1 and self.strides == 1 and self.groups == 1
-                and _pointwise_as_matmul(x.dtype, int(x.shape[-1]))):
+                and _pointwise_as_matmul(x.dtype, int(x.shape[-1]), _elements(
+                    x.shape[:3] + (self.filters,)))):
             y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), tf.reshape(kernel, kernel.shape[2:]))
             y = tf.reshape(y, tf.concat([tf.shape(x)[:-1], [self.filters]], axis=0))
             y.set_shape(x.shape[:-1] + (self.filters,))
