@@ -424,8 +424,7 @@ class SqueezeExcite(keras.layers.Layer):
         into its kernel (`Conv.call(channel_scale=...)`)."""
         with tf.name_scope(self.name):
             dt = squeezed.dtype
-            s = squeezed
-            s = tf.nn.relu(tf.matmul(s, tf.cast(self.reduce_kernel, dt))
+            s = tf.nn.relu(tf.matmul(squeezed, tf.cast(self.reduce_kernel, dt))
                            + tf.cast(self.reduce_bias, dt))
             return tf.sigmoid(tf.matmul(s, tf.cast(self.expand_kernel, dt))
                               + tf.cast(self.expand_bias, dt))

@@ -124,4 +124,4 @@ def batch_norm_inference(x, gamma, beta, mean, variance, epsilon: float, k: int)
         x=_fold(x, k), scale=tile(gamma), offset=tile(beta), mean=tile(mean),
         variance=tile(variance), epsilon=epsilon, exponential_avg_factor=1.0,
         data_format="NHWC", is_training=False)
-    return tf.reshape(y, tf.shape(x))
+    return tf.reshape(y, x.shape)  # static: folding needs a known pixel count
