@@ -49,9 +49,10 @@ PARTS = (("grouped 3x3 conv (b)", re.compile(r"/b(_\d+)?/conv")),
          ("stem conv", re.compile(r"stem(_\d+)?/conv")),
          ("batch norm", re.compile(r"/bn(_\d+)?/")),
          ("squeeze-excite", re.compile(r"/se(_\d+)?/")),
-         # XLA-compiled ops (bf16 ReLU gradients, Sinkhorn) show up only as the executor's async
-         # launch event, which spans the compiled kernel (CpuExecutable, skipped: nested).
-         ("XLA kernels (bf16 ReLU, Sinkhorn)", re.compile(r"^ExecutorState::ProcessAsync")),
+         # XLA-compiled ops (bf16 ReLU gradients and folded BatchNorm, the LARC step, Sinkhorn)
+         # show up only as the executor's async launch event, which spans the compiled kernel
+         # (CpuExecutable, skipped: nested).
+         ("XLA kernels (ReLU/BN grads, LARC, Sinkhorn)", re.compile(r"^ExecutorState::ProcessAsync")),
          ("trunk other (relu, add, pool)", re.compile(r"reg_net")),
          ("head, prototypes, loss, optimizer", re.compile(r".")))
 
