@@ -11,6 +11,14 @@ from seer_tf.models import blocks
 from seer_tf.models import folded_batch_norm as folded
 from seer_tf.models import relu as relu_ops
 
+
+@pytest.fixture(autouse=True)
+def _tensorflow_batch_norm(monkeypatch):
+    """These paths are the ones taken without seer_tf's native BatchNorm op (no C++ compiler,
+    or SEER_TF_NATIVE_OPS=0); tests/test_native_batch_norm.py covers the op."""
+    monkeypatch.setenv("SEER_TF_NATIVE_OPS", "0")
+
+
 RNG = np.random.default_rng(3)
 EPS = 1e-5
 

@@ -10,6 +10,14 @@ from seer_tf import cpu
 from seer_tf.models import blocks
 from seer_tf.models import relu as relu_ops
 
+
+@pytest.fixture(autouse=True)
+def _tensorflow_batch_norm(monkeypatch):
+    """These paths are the ones taken without seer_tf's native BatchNorm op (no C++ compiler,
+    or SEER_TF_NATIVE_OPS=0); tests/test_native_batch_norm.py covers the op."""
+    monkeypatch.setenv("SEER_TF_NATIVE_OPS", "0")
+
+
 RNG = np.random.default_rng(7)
 EPS = 1e-5
 

@@ -1,9 +1,9 @@
 """Where does a SwAV training step spend its time? Per-op-type table from tf.profiler (issue 7).
 
     python tools/profile_step.py [--preset regnet_y_400mf] [--crops 2x224,4x96] [--batch 32]
-                                 [--precision float32] [--top 30]
+                                 [--precision float32] [--top 30] [--steps 1] [--inter_op 1]
 
-Traces one step (after warm-up) with tf.profiler, reads the XPlane protobuf the trace writes,
+Traces --steps steps (after warm-up; times are per step) with tf.profiler, reads the XPlane protobuf the trace writes,
 and prints the host time summed per TensorFlow op type and per op name (self time of the
 executor's op events, so nested events are not counted twice). The trace is also left in the
 log directory for TensorBoard's profile plugin.
@@ -68,6 +68,8 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--precision", default="float32")
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=1,
+                    help="steps traced; times are per step (the mean), so one noisy step weighs less")
     ap.add_argument("--inter_op", type=int, default=0,
                     help="1 runs one op at a time, so op times add up to the step time")
     args = ap.parse_args()
@@ -85,10 +87,11 @@ def main():
     train().numpy()
     logdir = tempfile.mkdtemp(prefix="seer_profile_")
     tf.profiler.experimental.start(logdir)
-    train().numpy()
+    for _ in range(args.steps):
+        train().numpy()
     tf.profiler.experimental.stop()
     path = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0]
-    totals = op_times(path)
+    totals = collections.Counter({k: v / args.steps for k, v in op_times(path).items()})
     by_type = collections.Counter()
     for (op_type, _), ps in totals.items():
         by_type[op_type] += ps

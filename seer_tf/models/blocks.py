@@ -28,6 +28,7 @@ from seer_tf.models import folded_batch_norm as folded
 from seer_tf.models import relu as relu_ops
 from seer_tf.models import remat
 from seer_tf.models.family import se_width_for
+from seer_tf.ops import batch_norm_relu as native_bn
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9  # Keras momentum = 1 - PyTorch momentum (0.1)
@@ -132,6 +133,23 @@ def _pads(size, p, k, s):
     return [p, max(0, min(p, (out - 1) * s + k - size - p))]
 
 
+def _widened_same_ok(kernel_size: int, strides: int) -> bool:
+    """Whether a stride-2 3x3 convolution runs as TF "SAME" with its kernel widened to 4x4 by a
+    zero last row and column, instead of an explicit pad + "VALID".
+
+    Why it is exact: for stride 2 and a 4-wide window TF's "SAME" pads 1 before (and 1 after
+    an even size, 2 after an odd one) and has ceil(n / 2) outputs, so output i reads inputs
+    2i-1 .. 2i+2 with weights K[0..2], 0: PyTorch's 2i-1 .. 2i+1 with K, on every size.
+    Why it is faster on CPU: the explicit pad writes (and its gradient's Slice reads) a copy of
+    the input, the largest tensors of the step (RegNetY-400MF stage 1: 64x112x112x48); the
+    zeros cost 16/9 the multiply-adds, but these grouped convolutions are memory-bound.
+    Forward + both gradients on a 2-core AMX Xeon, fp32 / bf16: 64x112x112x48 (6 groups)
+    119 -> 103 / 75 -> 72 ms, 64x56x56x104 60 -> 55 / 43 -> 40, 64x28x28x208 30 -> 27 /
+    25 -> 23, 128x48x48x48 41 -> 36 / 32 -> 26. GPUs and TPUs keep the pad (XLA fuses it).
+    """
+    return kernel_size == 3 and strides == 2 and not _accelerator_present()
+
+
 def _conv_init(kernel_size: int, filters: int):
     return keras.initializers.RandomNormal(0.0, math.sqrt(2.0 / (kernel_size * kernel_size * filters)))
 
@@ -172,8 +190,11 @@ class Conv(keras.layers.Layer):
             x = x * channel_scale[:, None, None, :]
         p = self.kernel_size // 2
         padding = "VALID"
+        widen = False
         if p and self.strides == 1:
             padding = "SAME"  # stride 1, odd k: TF pads k//2 each side, exactly like PyTorch
+        elif p and _widened_same_ok(self.kernel_size, self.strides):
+            padding, widen = "SAME", True
         elif p:
             # Explicit pad + VALID (conv2d's explicit-padding kernel has no grouped gradient).
             x = tf.pad(x, [[0, 0], _pads(x.shape[1], p, self.kernel_size, self.strides),
@@ -182,6 +203,8 @@ class Conv(keras.layers.Layer):
         if self.groups > 1 and not _grouped_gradient_works(x.dtype.name):
             x = tf.cast(x, tf.float32)  # e.g. bf16 on a CPU without AVX512_BF16: no grouped grad
         kernel = tf.cast(self.kernel, x.dtype)
+        if widen:  # a zero last row and column: 4x4 "SAME" pads (1, 1|2), PyTorch's windows
+            kernel = tf.pad(kernel, [[0, 1], [0, 1], [0, 0], [0, 0]])
         if (self.kernel_size == 1 and self.strides == 1 and self.groups == 1
                 and _pointwise_as_matmul(x.dtype, int(x.shape[-1]), _elements(
                     x.shape[:3] + (self.filters,)))):
@@ -253,6 +276,15 @@ def _normalize_in_float32(dtype, channels: int) -> bool:
     return dtype == tf.float16 or channels % 16 != 0 or not cpu.has_native_bf16()
 
 
+def _native_batch_norm(x) -> bool:
+    """Whether a training-mode BatchNorm [+ ReLU] runs as seer_tf's native CPU op
+    (`seer_tf.ops.batch_norm_relu`: one statistics pass, the ReLU mask recomputed in the
+    gradient, bf16 for any channel count): on CPU, float32 or bfloat16, when the op built.
+    Otherwise TF's FusedBatchNormV3 paths below (folded, float32-cast or XLA-gradient ones)."""
+    return (x.dtype in (tf.float32, tf.bfloat16) and not _accelerator_present()
+            and native_bn.available())
+
+
 def _channel_fold(x) -> int:
     """k > 1 when a bfloat16 BatchNorm runs on the (pixels/k, k*C) view of its input instead of
     in float32 (`seer_tf.models.folded_batch_norm`: oneDNN's vector kernel for C not a multiple
@@ -299,6 +331,12 @@ class BatchNorm(keras.layers.BatchNormalization):
             return (y, tf.reduce_mean(y, [1, 2])) if spatial_mean else y
         squeezed = None
         x = tf.cast(inputs, self.compute_dtype) if inputs.dtype != self.compute_dtype else inputs
+        if training and self.trainable and _native_batch_norm(x):
+            y, mean, variance, *squeezed = native_bn.batch_norm(
+                x, tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32), self.epsilon,
+                relu, spatial_mean=spatial_mean)
+            self._update_moving(mean, variance)
+            return (y, squeezed[0]) if spatial_mean else y
         fold = _channel_fold(x)
         if fold == 1 and _normalize_in_float32(x.dtype, int(x.shape[-1])):
             x = tf.cast(x, tf.float32)
@@ -318,11 +356,7 @@ class BatchNorm(keras.layers.BatchNormalization):
                     x=x, scale=gamma, offset=beta, mean=tf.zeros([0]), variance=tf.zeros([0]),
                     epsilon=self.epsilon, exponential_avg_factor=1.0, data_format="NHWC",
                     is_training=True)
-            if not remat.is_recomputing():
-                m = self.momentum  # Keras' convention: moving = moving * m + batch * (1 - m)
-                self.moving_mean.assign(self.moving_mean * m + tf.stop_gradient(mean) * (1 - m))
-                self.moving_variance.assign(
-                    self.moving_variance * m + tf.stop_gradient(variance) * (1 - m))
+            self._update_moving(mean, variance)
         elif fold > 1:
             y = folded.batch_norm_inference(
                 x, gamma, beta, tf.cast(self.moving_mean, tf.float32),
@@ -340,6 +374,15 @@ class BatchNorm(keras.layers.BatchNormalization):
         if not spatial_mean:
             return y
         return y, squeezed[0] if squeezed else tf.reduce_mean(y, [1, 2])
+
+    def _update_moving(self, mean, variance):
+        """moving = moving * m + batch * (1 - m) (Keras' momentum), once per step: not while
+        a block is recomputed for backprop."""
+        if not remat.is_recomputing():
+            m = self.momentum
+            self.moving_mean.assign(self.moving_mean * m + tf.stop_gradient(mean) * (1 - m))
+            self.moving_variance.assign(
+                self.moving_variance * m + tf.stop_gradient(variance) * (1 - m))
 
     def _keras_call(self, inputs, training, mask):
         if training and remat.is_recomputing():

@@ -1,0 +1,1 @@
+"""Native (C++) TensorFlow ops, compiled on first use (see native.py)."""
