@@ -146,3 +146,42 @@ def test_channel_scale_folded_into_pointwise_kernel(shape, folded):
     assert results[0][0].shape == shape[:3] + (12,)
     for name, ours, ref in zip(["y", "dx", "ds", "dkernel"], *results):
         np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("size", [7, 8, 9, 28])
+@pytest.mark.parametrize("groups", [1, 4])
+def test_stride2_conv_with_widened_kernel_is_pytorch_padding(monkeypatch, size, groups):
+    """A stride-2 3x3 Conv on CPU runs as "SAME" with a zero-widened 4x4 kernel: output, input
+    and kernel gradients are PyTorch's (1, 1)-padded convolution, bit for bit, on odd and even
+    sizes; the explicit-pad path it replaces (GPUs, TPUs) gives the same numbers."""
+    from seer_tf.models import blocks
+
+    x = tf.constant(RNG.normal(size=(2, size, size, 16)), tf.float32)
+    r = tf.constant(RNG.normal(size=(2, (size + 1) // 2, (size + 1) // 2, 16)), tf.float32)
+
+    def run(widen):
+        monkeypatch.setattr(blocks, "_widened_same_ok", lambda k, s: widen and k == 3 and s == 2)
+        conv = Conv(16, 3, 2, groups=groups)
+        conv.build(x.shape)
+        return conv
+
+    fast = run(True)
+    kernel = tf.constant(RNG.normal(size=fast.kernel.shape), tf.float32)
+    fast.kernel.assign(kernel)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = fast(x)
+        loss = tf.reduce_sum(y * r)
+    got = [y] + tape.gradient(loss, [x, fast.kernel])
+
+    with tf.GradientTape() as tape:  # the definition: pad (1, 1), VALID
+        tape.watch([x, kernel])
+        y_ref = tf.nn.conv2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), kernel, 2, "VALID")
+        loss = tf.reduce_sum(y_ref * r)
+    want = [y_ref] + tape.gradient(loss, [x, kernel])
+    for name, a, b in zip(["y", "dx", "dkernel"], got, want):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=name)
+
+    plain = run(False)
+    plain.kernel.assign(kernel)
+    np.testing.assert_array_equal(plain(x).numpy(), got[0].numpy())
