@@ -29,6 +29,7 @@ from seer_tf.models import relu as relu_ops
 from seer_tf.models import remat
 from seer_tf.models.family import se_width_for
 from seer_tf.ops import batch_norm_relu as native_bn
+from seer_tf.ops import channel_scale as native_scale
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9  # Keras momentum = 1 - PyTorch momentum (0.1)
@@ -187,7 +188,11 @@ class Conv(keras.layers.Layer):
         if channel_scale is not None:
             if self._scale_in_kernel(x):
                 return self._scaled_pointwise(x, channel_scale)
-            x = x * channel_scale[:, None, None, :]
+            if (x.dtype in (tf.float32, tf.bfloat16) and not _accelerator_present()
+                    and native_scale.available()):
+                x = native_scale.channel_scale(x, tf.cast(channel_scale, x.dtype))
+            else:
+                x = x * channel_scale[:, None, None, :]
         p = self.kernel_size // 2
         padding = "VALID"
         widen = False

@@ -19,6 +19,7 @@
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/platform/threadpool.h"
 #include "tensorflow/core/util/work_sharder.h"
+#include "kernel_util.h"
 
 namespace seer_tf {
 using namespace tensorflow;  // NOLINT
@@ -67,40 +68,6 @@ REGISTER_OP("SeerBatchNormReluGrad")
     });
 
 namespace {
-
-inline float Load(const float* p, int64_t i) { return p[i]; }
-inline float Load(const uint16_t* p, int64_t i) {
-  uint32_t u = static_cast<uint32_t>(p[i]) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-inline void Store(float* p, int64_t i, float v) { p[i] = v; }
-inline void Store(uint16_t* p, int64_t i, float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, 4);
-  u += 0x7FFFu + ((u >> 16) & 1u);  // round to nearest even (no NaNs reach here but NaN stays NaN-ish)
-  p[i] = static_cast<uint16_t>(u >> 16);
-}
-
-constexpr int64_t kBlock = 2048;  // pixels per work unit: partial sums stay in float
-
-// Work units: blocks of <= kBlock pixels that never straddle two images, so a unit knows its
-// image (for the SE squeeze and its gradient).
-struct Units {
-  int64_t hw, per_image, count;
-  Units(int64_t n, int64_t hw_) : hw(hw_), per_image(std::max<int64_t>(1, (hw_ + kBlock - 1) / kBlock)),
-                                  count(n * per_image) {}
-  int64_t image(int64_t u) const { return u / per_image; }
-  int64_t begin(int64_t u) const { return image(u) * hw + (u % per_image) * kBlock; }
-  int64_t end(int64_t u) const { return std::min(begin(u) + kBlock, (image(u) + 1) * hw); }
-};
-
-template <typename S>
-void Shard(OpKernelContext* ctx, int64_t units, int64_t cost, const S& fn) {
-  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  pool->ParallelFor(units, cost, [&](int64_t a, int64_t b) { for (int64_t u = a; u < b; ++u) fn(u); });
-}
 
 template <typename T, typename Raw>
 class BatchNormReluOp : public OpKernel {
@@ -313,5 +280,4 @@ REGISTER_KERNEL_BUILDER(Name("SeerBatchNormReluGrad").Device(DEVICE_CPU).TypeCon
                         BatchNormReluGradOp<float, float>);
 REGISTER_KERNEL_BUILDER(Name("SeerBatchNormReluGrad").Device(DEVICE_CPU).TypeConstraint<bfloat16>("T"),
                         BatchNormReluGradOp<bfloat16, uint16_t>);
-
 }  // namespace seer_tf

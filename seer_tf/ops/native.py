@@ -1,6 +1,6 @@
 """Build and load seer_tf's C++ ops: compiled on first use against the installed TensorFlow.
 
-Why compile at run time: the kernels (batch_norm_relu.cc) are a few hundred lines of plain C++
+Why compile at run time: the kernels (batch_norm_relu.cc, channel_scale.cc) are a few hundred lines of plain C++
 that must match the TensorFlow wheel's headers and ABI and the CPU they run on (-march=native).
 A wheel per TensorFlow version and CPU family would be a release process of its own; a C++
 compiler is on every machine that builds Python packages. The library is cached, keyed by the
@@ -23,7 +23,8 @@ import tempfile
 from absl import logging
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ("batch_norm_relu.cc",)
+SOURCES = ("batch_norm_relu.cc", "channel_scale.cc")
+HEADERS = ("kernel_util.h",)
 # -mno-avx512fp16: Eigen's AVX512-FP16 packet header does not compile under g++ 12.
 ARCH_FLAGS = (["-march=native", "-mno-avx512fp16"], ["-march=native"], [])
 
@@ -45,10 +46,10 @@ def _cpu_flags() -> str:
         return ""
 
 
-def _compile(cxx, source, out, tf_flags):
+def _compile(cxx, sources, out, tf_flags):
     errors = []
     for arch in ARCH_FLAGS:
-        cmd = [cxx, "-O3", *arch, "-fopenmp-simd", "-shared", "-fPIC", "-w", source, "-o", out,
+        cmd = [cxx, "-O3", *arch, "-fopenmp-simd", "-shared", "-fPIC", "-w", *sources, "-o", out,
                *tf_flags]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode == 0:
@@ -69,10 +70,11 @@ def load():
         logging.warning("seer_tf native ops: no C++ compiler (g++/$CXX); using TensorFlow's kernels")
         return None
     tf_flags = tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags()
-    source = os.path.join(HERE, SOURCES[0])
+    sources = [os.path.join(HERE, name) for name in SOURCES]
     key = hashlib.sha256()
-    with open(source, "rb") as f:
-        key.update(f.read())
+    for name in SOURCES + HEADERS:
+        with open(os.path.join(HERE, name), "rb") as f:
+            key.update(f.read())
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     for part in (tf.__version__, tf.sysconfig.get_include(), " ".join(tf_flags), cxx, version,
                  _cpu_flags(), repr(ARCH_FLAGS)):
@@ -80,10 +82,10 @@ def load():
     os.makedirs(cache_dir(), exist_ok=True)
     path = os.path.join(cache_dir(), f"seer_tf_ops-{key.hexdigest()[:20]}.so")
     if not os.path.exists(path):
-        logging.info("seer_tf native ops: compiling %s (once per machine)", source)
+        logging.info("seer_tf native ops: compiling %s (once per machine)", " ".join(SOURCES))
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_dir())
         os.close(fd)
-        error = _compile(cxx, source, tmp, tf_flags)
+        error = _compile(cxx, sources, tmp, tf_flags)
         if error:
             os.unlink(tmp)
             logging.warning("seer_tf native ops: build failed, using TensorFlow's kernels:\n%s", error)
