@@ -157,3 +157,12 @@ def test_layer_uses_the_op_and_agrees_with_tensorflow_batch_norm(monkeypatch, re
 def test_switch_off(monkeypatch):
     monkeypatch.setenv("SEER_TF_NATIVE_OPS", "0")
     assert not native_bn.available()
+
+
+def test_a_failed_build_falls_back(monkeypatch, tmp_path):
+    """A compiler that fails (here /bin/false) gives None (callers keep TF's kernels) and leaves
+    no half-written library in the cache."""
+    monkeypatch.setenv("CXX", shutil.which("false"))
+    monkeypatch.setenv("SEER_TF_CACHE", str(tmp_path))
+    assert native._load.__wrapped__() is None
+    assert not list(tmp_path.iterdir())

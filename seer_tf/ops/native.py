@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 
 from absl import logging
 
@@ -27,6 +28,7 @@ SOURCES = ("batch_norm_relu.cc", "channel_scale.cc")
 HEADERS = ("kernel_util.h",)
 # -mno-avx512fp16: Eigen's AVX512-FP16 packet header does not compile under g++ 12.
 ARCH_FLAGS = (["-march=native", "-mno-avx512fp16"], ["-march=native"], [])
+_LOCK = threading.Lock()  # one build and one load_op_library per process, whichever thread asks
 
 
 def enabled() -> bool:
@@ -58,11 +60,16 @@ def _compile(cxx, sources, out, tf_flags):
     return errors[-1]
 
 
-@functools.lru_cache(maxsize=None)
 def load():
     """The loaded op library (a module with the ops as functions), or None."""
     if not enabled():
         return None
+    with _LOCK:
+        return _load()
+
+
+@functools.lru_cache(maxsize=None)
+def _load():
     import tensorflow as tf
 
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
