@@ -68,7 +68,7 @@ def test_bad_scale_shape_is_a_clear_error():
 
 def test_conv_uses_it_for_an_unfolded_se_scale(monkeypatch):
     """Where conv c keeps the SE scale out of its kernel (few pixels per channel), it scales
-    with the native op, and gives what the Mul path gives."""
+    with the native op in training, and gives what the Mul path gives."""
     x = tf.constant(RNG.normal(size=(4, 7, 7, 440)), tf.float32)
     s = tf.constant(RNG.uniform(0.1, 1, size=(4, 440)), tf.float32)
     conv = blocks.Conv(440, 1)
@@ -77,8 +77,10 @@ def test_conv_uses_it_for_an_unfolded_se_scale(monkeypatch):
     calls = []
     real = native_scale.channel_scale
     monkeypatch.setattr(native_scale, "channel_scale", lambda *a: calls.append(1) or real(*a))
-    y = conv(x, channel_scale=s)
+    y = conv(x, channel_scale=s, training=True)
+    y_inference = conv(x, channel_scale=s)  # inference (and SavedModels): TF's Mul
     monkeypatch.setenv("SEER_TF_NATIVE_OPS", "0")
-    y_plain = conv(x, channel_scale=s)
+    y_plain = conv(x, channel_scale=s, training=True)
     assert calls == [1]
+    np.testing.assert_array_equal(y_inference.numpy(), y_plain.numpy())
     np.testing.assert_allclose(y.numpy(), y_plain.numpy(), rtol=1e-5, atol=1e-5)

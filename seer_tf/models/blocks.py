@@ -183,12 +183,14 @@ class Conv(keras.layers.Layer):
         self.bias = (self.add_weight(name="bias", shape=(self.filters,), initializer=self.bias_initializer)
                      if self.use_bias else None)
 
-    def call(self, x, channel_scale=None):
-        """conv(x), or conv(x * channel_scale[:, None, None, :]) for an (N, C_in) scale (SE)."""
+    def call(self, x, channel_scale=None, training=None):
+        """conv(x), or conv(x * channel_scale[:, None, None, :]) for an (N, C_in) scale (SE).
+        In training on CPU the scale is seer_tf's native op; inference keeps TF's Mul, so
+        exported SavedModels hold only TensorFlow ops."""
         if channel_scale is not None:
             if self._scale_in_kernel(x):
                 return self._scaled_pointwise(x, channel_scale)
-            if (x.dtype in (tf.float32, tf.bfloat16) and not _accelerator_present()
+            if (training and x.dtype in (tf.float32, tf.bfloat16) and not _accelerator_present()
                     and native_scale.available()):
                 x = native_scale.channel_scale(x, tf.cast(channel_scale, x.dtype))
             else:
@@ -423,8 +425,8 @@ class ConvBN(keras.layers.Layer):
 
     def call(self, x, training=None, channel_scale=None, spatial_mean=False):
         """BatchNorm(conv(x [* channel_scale])) [-> ReLU]; `spatial_mean`: (y, its H, W mean)."""
-        return self.bn(self.conv(x, channel_scale=channel_scale), training=training,
-                       relu=self.activation, spatial_mean=spatial_mean)
+        y = self.conv(x, channel_scale=channel_scale, training=training)
+        return self.bn(y, training=training, relu=self.activation, spatial_mean=spatial_mean)
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)

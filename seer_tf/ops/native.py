@@ -54,9 +54,9 @@ def _compile(cxx, sources, out, tf_flags):
         cmd = [cxx, "-O3", *arch, "-fopenmp-simd", "-shared", "-fPIC", "-w", *sources, "-o", out,
                *tf_flags]
         done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode == 0:
+        if done.returncode == 0 and os.path.getsize(out) > 0:
             return None
-        errors.append(done.stderr[-1500:])
+        errors.append(done.stderr[-1500:] or f"{cxx} exited with status {done.returncode}")
     return errors[-1]
 
 
