@@ -30,3 +30,11 @@ def mirrored_strategy():
     DESIGN.md section 4: logical devices are fixed at startup; create one strategy per process.
     """
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+@pytest.fixture
+def tensorflow_kernels(monkeypatch):
+    """Run a test on the paths taken without seer_tf's native CPU ops (no C++ compiler, or
+    SEER_TF_NATIVE_OPS=0): TF's FusedBatchNorm, the folded / XLA bf16 paths, TF's Mul.
+    tests/test_native_batch_norm.py and tests/test_channel_scale.py cover the ops."""
+    monkeypatch.setenv("SEER_TF_NATIVE_OPS", "0")

@@ -11,11 +11,8 @@ from seer_tf.models import blocks
 from seer_tf.models import relu as relu_ops
 
 
-@pytest.fixture(autouse=True)
-def _tensorflow_batch_norm(monkeypatch):
-    """These paths are the ones taken without seer_tf's native BatchNorm op (no C++ compiler,
-    or SEER_TF_NATIVE_OPS=0); tests/test_native_batch_norm.py covers the op."""
-    monkeypatch.setenv("SEER_TF_NATIVE_OPS", "0")
+# These are the paths taken without seer_tf's native CPU ops (see conftest.tensorflow_kernels).
+pytestmark = pytest.mark.usefixtures("tensorflow_kernels")
 
 
 RNG = np.random.default_rng(7)

@@ -306,7 +306,11 @@ def _channel_fold(x) -> int:
 
 @keras.saving.register_keras_serializable(package="seer_tf")
 class BatchNorm(keras.layers.BatchNormalization):
-    """Keras BatchNormalization on TF's fused kernel, with PyTorch's running-variance rule.
+    """Keras BatchNormalization on a fused kernel, with PyTorch's running-variance rule.
+
+    Training on CPU uses seer_tf's native BatchNorm[+ReLU] op when it built
+    (`_native_batch_norm`); inference, GPUs, TPUs and machines without a C++ compiler use TF's
+    `FusedBatchNormV3` as below.
 
     Why not Keras' own path: it computes moments and the normalization as ~10 separate
     element-wise ops (and as many again in the gradient); on CPU they cost as much as the

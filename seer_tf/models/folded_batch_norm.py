@@ -1,5 +1,8 @@
 """BatchNorm(+ReLU) of a bfloat16 tensor whose channel count oneDNN cannot vectorize (issue 7).
 
+Training on CPU now takes seer_tf's native op (`seer_tf.ops.batch_norm_relu`) when it builds;
+this module is the path without a C++ compiler (or SEER_TF_NATIVE_OPS=0) and for inference.
+
 Why: oneDNN's bf16 BatchNorm kernels need the channel count C to be a multiple of 16 (one
 AVX-512 register); otherwise it falls back to a generic loop that is ~2x slower than casting to
 float32 and back. RegNetY-400MF's stages 2 and 4 are 104 and 440 wide, and casting costs two
