@@ -1,7 +1,8 @@
 """The trunk's ReLUs with an XLA-compiled gradient, for bfloat16 on CPU (issue 7).
 
 The BatchNorm+ReLU half applies only without seer_tf's native CPU ops (no C++ compiler, or
-SEER_TF_NATIVE_OPS=0), which fuse that ReLU themselves; the block-output add+ReLU always applies.
+SEER_TF_NATIVE_OPS=0), which fuse that ReLU themselves; the block-output add+ReLU keeps its
+XLA kernels.
 
 Why: TensorFlow's Eigen element-wise kernels run bfloat16 about 2x slower per element than
 float32 on CPU (they convert element by element), and a RegNetY step has ~100 ReLU gradients on
