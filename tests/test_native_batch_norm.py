@@ -101,7 +101,7 @@ def test_bfloat16_is_float32_arithmetic_rounded_once():
     want = _reference(x.numpy().astype(np.float32), gamma, beta,
                       dz.numpy().astype(np.float32), True)
     ulp = 2.0 ** -8
-    np.testing.assert_allclose(got[0], want[0], rtol=ulp, atol=1e-6)
+    np.testing.assert_allclose(got[0], want[0], rtol=ulp, atol=1e-5 * np.abs(want[0]).max())
     np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got[2], want[2], rtol=1e-5)
     np.testing.assert_allclose(got[4], want[4], rtol=ulp, atol=ulp * np.abs(want[4]).max())
