@@ -1,12 +1,13 @@
 // Training-mode BatchNorm (+ ReLU) on NHWC activations, forward and backward, for CPU (issue 7).
 //
-// Why: a RegNetY SwAV step on CPU is memory-bound, and TF's oneDNN BatchNorm reads its input
-// about 2.5 times for the statistics (a mean pass, then a variance pass) and, in bfloat16, is
-// slower per element than in float32. These kernels read x once for the statistics (sums shifted
-// by each channel's first value, so E[x^2] - E[x]^2 does not cancel), once more to normalize,
-// and the gradient recomputes the ReLU mask from x, so the ReLU's own gradient pass goes away:
-//   forward  : read x, read x + write y                       (oneDNN: ~2.5 reads + 1 read/write)
-//   backward : read dz, x; read dz, x + write dx               (oneDNN + ReluGrad: 8 passes)
+// Why: a RegNetY SwAV step on CPU is memory-bound. TF's path is oneDNN's BatchNorm, whose
+// gradient takes no activation (a separate ReluGrad pass: read dz, y, write), and whose bfloat16
+// kernels are slower per element than its float32 ones (and a generic loop for C % 16 != 0).
+// These kernels read x once for the statistics (sums shifted by each channel's first value, so
+// E[x^2] - E[x]^2 does not cancel), once more to normalize, and the gradient recomputes the
+// ReLU mask from x:
+//   forward  : read x; read x + write y       (float32: as fast as oneDNN's, both at bandwidth)
+//   backward : read dz, x; read dz, x + write dx   (oneDNN + ReluGrad: 8 passes)
 // Arithmetic is float32 throughout; bfloat16 tensors are converted in registers (round to
 // nearest even on the way out, as TF's casts do).
 #include <cmath>
