@@ -38,3 +38,17 @@ def tensorflow_kernels(monkeypatch):
     SEER_TF_NATIVE_OPS=0): TF's FusedBatchNorm, the folded / XLA bf16 paths, TF's Mul.
     tests/test_native_batch_norm.py and tests/test_channel_scale.py cover the ops."""
     monkeypatch.setenv("SEER_TF_NATIVE_OPS", "0")
+
+
+@pytest.fixture(scope="session")
+def native_ops():
+    """The native op library; skips (with the reason) only where there is no C++ compiler, and
+    fails where there is one but the build does not work."""
+    import shutil
+
+    from seer_tf.ops import native
+
+    if not (shutil.which("g++") or shutil.which("c++")):
+        pytest.skip("no C++ compiler: seer_tf runs TensorFlow's own kernels")
+    assert native.available(), "a compiler is here, so the native ops must build and load"
+    return native.load()

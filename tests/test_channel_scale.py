@@ -1,8 +1,6 @@
 """seer_tf's native channel-scale op (seer_tf.ops.channel_scale): TF's broadcasting Mul and its
 gradient, and Conv's use of it for an SE scale it does not fold into its kernel."""
 
-import shutil
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,11 +12,7 @@ from seer_tf.ops import native
 RNG = np.random.default_rng(5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _built():
-    if not (shutil.which("g++") or shutil.which("c++")):
-        pytest.skip("no C++ compiler: seer_tf runs TensorFlow's own Mul")
-    assert native_scale.available(), "a compiler is here, so the native op must build and load"
+pytestmark = pytest.mark.usefixtures("native_ops")  # conftest: built, or no compiler (skip)
 
 
 def _grads(fn, x, s, r):

@@ -15,11 +15,7 @@ RNG = np.random.default_rng(11)
 EPS = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _built():
-    if not (shutil.which("g++") or shutil.which("c++")):
-        pytest.skip("no C++ compiler: seer_tf runs TensorFlow's own BatchNorm kernels")
-    assert native_bn.available(), "a compiler is here, so the native op must build and load"
+pytestmark = pytest.mark.usefixtures("native_ops")  # conftest: built, or no compiler (skip)
 
 
 def _reference(x, gamma, beta, dz, relu, dsq=None):

@@ -70,7 +70,7 @@ REGISTER_OP("SeerBatchNormReluGrad")
 
 namespace {
 
-template <typename T, typename Raw>
+template <typename Raw>
 class BatchNormReluOp : public OpKernel {
  public:
   explicit BatchNormReluOp(OpKernelConstruction* c) : OpKernel(c) {
@@ -93,8 +93,8 @@ class BatchNormReluOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({C}), &var_t));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(
         4, spatial_mean_ ? TensorShape({N, C}) : TensorShape({0}), &sq_t));
-    const Raw* xp = reinterpret_cast<const Raw*>(x.tensor_data().data());
-    Raw* yp = reinterpret_cast<Raw*>(const_cast<char*>(y->tensor_data().data()));
+    const Raw* xp = In<Raw>(x);
+    Raw* yp = Out<Raw>(y);
     const float* gamma = ctx->input(1).flat<float>().data();
     const float* beta = ctx->input(2).flat<float>().data();
 
@@ -175,7 +175,7 @@ class BatchNormReluOp : public OpKernel {
   bool relu_, spatial_mean_;
 };
 
-template <typename T, typename Raw>
+template <typename Raw>
 class BatchNormReluGradOp : public OpKernel {
  public:
   explicit BatchNormReluGradOp(OpKernelConstruction* c) : OpKernel(c) {
@@ -196,9 +196,9 @@ class BatchNormReluGradOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx_t));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({C}), &dg_t));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({C}), &db_t));
-    const Raw* dyp = reinterpret_cast<const Raw*>(dy.tensor_data().data());
-    const Raw* xp = reinterpret_cast<const Raw*>(x.tensor_data().data());
-    Raw* dxp = reinterpret_cast<Raw*>(const_cast<char*>(dx_t->tensor_data().data()));
+    const Raw* dyp = In<Raw>(dy);
+    const Raw* xp = In<Raw>(x);
+    Raw* dxp = Out<Raw>(dx_t);
     const float* gamma = ctx->input(2).flat<float>().data();
     const float* beta = ctx->input(3).flat<float>().data();
     const float* mean = ctx->input(4).flat<float>().data();
@@ -273,12 +273,7 @@ class BatchNormReluGradOp : public OpKernel {
 
 }  // namespace
 
-REGISTER_KERNEL_BUILDER(Name("SeerBatchNormRelu").Device(DEVICE_CPU).TypeConstraint<float>("T"),
-                        BatchNormReluOp<float, float>);
-REGISTER_KERNEL_BUILDER(Name("SeerBatchNormRelu").Device(DEVICE_CPU).TypeConstraint<bfloat16>("T"),
-                        BatchNormReluOp<bfloat16, uint16_t>);
-REGISTER_KERNEL_BUILDER(Name("SeerBatchNormReluGrad").Device(DEVICE_CPU).TypeConstraint<float>("T"),
-                        BatchNormReluGradOp<float, float>);
-REGISTER_KERNEL_BUILDER(Name("SeerBatchNormReluGrad").Device(DEVICE_CPU).TypeConstraint<bfloat16>("T"),
-                        BatchNormReluGradOp<bfloat16, uint16_t>);
+SEER_REGISTER_BOTH("SeerBatchNormRelu", BatchNormReluOp);
+SEER_REGISTER_BOTH("SeerBatchNormReluGrad", BatchNormReluGradOp);
+
 }  // namespace seer_tf

@@ -18,10 +18,7 @@ import tensorflow as tf
 from seer_tf.ops import native
 
 
-def available() -> bool:
-    """Whether the native op is on (SEER_TF_NATIVE_OPS is not 0, read each time so tests can
-    compare both paths) and loaded (a compiler was found and the build worked)."""
-    return native.enabled() and native.load() is not None
+available = native.available  # the op library is one: both ops or neither
 
 
 def batch_norm(x, gamma, beta, epsilon: float, relu: bool, spatial_mean: bool = False):

@@ -39,7 +39,7 @@ REGISTER_OP("SeerChannelScaleGrad")
 
 namespace {
 
-template <typename T, typename Raw>
+template <typename Raw>
 class ChannelScaleOp : public OpKernel {
  public:
   explicit ChannelScaleOp(OpKernelConstruction* c) : OpKernel(c) {}
@@ -52,9 +52,9 @@ class ChannelScaleOp : public OpKernel {
                 errors::InvalidArgument("scale must be (N, C) = (", N, ", ", C, ")"));
     Tensor* y;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
-    const Raw* xp = reinterpret_cast<const Raw*>(x.tensor_data().data());
-    const Raw* sp = reinterpret_cast<const Raw*>(s.tensor_data().data());
-    Raw* yp = reinterpret_cast<Raw*>(const_cast<char*>(y->tensor_data().data()));
+    const Raw* xp = In<Raw>(x);
+    const Raw* sp = In<Raw>(s);
+    Raw* yp = Out<Raw>(y);
     std::vector<float> sf(N * C);
     for (int64_t i = 0; i < N * C; ++i) sf[i] = Load(sp, i);
     const Units un(N, HW);
@@ -69,7 +69,7 @@ class ChannelScaleOp : public OpKernel {
   }
 };
 
-template <typename T, typename Raw>
+template <typename Raw>
 class ChannelScaleGradOp : public OpKernel {
  public:
   explicit ChannelScaleGradOp(OpKernelConstruction* c) : OpKernel(c) {}
@@ -85,11 +85,11 @@ class ChannelScaleGradOp : public OpKernel {
     Tensor *dx, *ds;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, s.shape(), &ds));
-    const Raw* dyp = reinterpret_cast<const Raw*>(dy.tensor_data().data());
-    const Raw* xp = reinterpret_cast<const Raw*>(x.tensor_data().data());
-    const Raw* sp = reinterpret_cast<const Raw*>(s.tensor_data().data());
-    Raw* dxp = reinterpret_cast<Raw*>(const_cast<char*>(dx->tensor_data().data()));
-    Raw* dsp = reinterpret_cast<Raw*>(const_cast<char*>(ds->tensor_data().data()));
+    const Raw* dyp = In<Raw>(dy);
+    const Raw* xp = In<Raw>(x);
+    const Raw* sp = In<Raw>(s);
+    Raw* dxp = Out<Raw>(dx);
+    Raw* dsp = Out<Raw>(ds);
     std::vector<float> sf(N * C);
     for (int64_t i = 0; i < N * C; ++i) sf[i] = Load(sp, i);
     const Units un(N, HW);
@@ -119,11 +119,6 @@ class ChannelScaleGradOp : public OpKernel {
 
 }  // namespace
 
-#define SEER_REGISTER_BOTH(NAME, OP)                                                          \
-  REGISTER_KERNEL_BUILDER(Name(NAME).Device(DEVICE_CPU).TypeConstraint<float>("T"),          \
-                          OP<float, float>);                                                  \
-  REGISTER_KERNEL_BUILDER(Name(NAME).Device(DEVICE_CPU).TypeConstraint<bfloat16>("T"),       \
-                          OP<bfloat16, uint16_t>)
 SEER_REGISTER_BOTH("SeerChannelScale", ChannelScaleOp);
 SEER_REGISTER_BOTH("SeerChannelScaleGrad", ChannelScaleGradOp);
 

@@ -12,9 +12,7 @@ import tensorflow as tf
 from seer_tf.ops import native
 
 
-def available() -> bool:
-    """Whether the native op is on (SEER_TF_NATIVE_OPS is not 0) and loaded."""
-    return native.enabled() and native.load() is not None
+available = native.available  # the op library is one: both ops or neither
 
 
 def channel_scale(x, scale):

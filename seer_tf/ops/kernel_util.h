@@ -26,6 +26,16 @@ inline void Store(uint16_t* p, int64_t i, float v) {
   p[i] = static_cast<uint16_t>(u >> 16);
 }
 
+// A tensor's elements as float (float32) or uint16_t (bfloat16 bits).
+template <typename Raw>
+const Raw* In(const tensorflow::Tensor& t) {
+  return reinterpret_cast<const Raw*>(t.tensor_data().data());
+}
+template <typename Raw>
+Raw* Out(tensorflow::Tensor* t) {
+  return reinterpret_cast<Raw*>(const_cast<char*>(t->tensor_data().data()));
+}
+
 constexpr int64_t kBlock = 2048;  // pixels per work unit: partial sums stay in float
 
 // Work units: blocks of <= kBlock pixels that never straddle two images, so a unit knows its
@@ -46,5 +56,13 @@ void Shard(tensorflow::OpKernelContext* ctx, int64_t units, int64_t cost, const 
 }
 
 }  // namespace seer_tf
+
+// A kernel class template OP<Raw> for T = float32 and bfloat16 on CPU.
+#define SEER_REGISTER_BOTH(NAME, OP)                                                           \
+  REGISTER_KERNEL_BUILDER(                                                                     \
+      Name(NAME).Device(::tensorflow::DEVICE_CPU).TypeConstraint<float>("T"), OP<float>);      \
+  REGISTER_KERNEL_BUILDER(Name(NAME).Device(::tensorflow::DEVICE_CPU)                          \
+                              .TypeConstraint<::tensorflow::bfloat16>("T"),                    \
+                          OP<uint16_t>)
 
 #endif  // SEER_TF_OPS_KERNEL_UTIL_H_

@@ -35,6 +35,12 @@ def enabled() -> bool:
     return os.environ.get("SEER_TF_NATIVE_OPS", "1") != "0"
 
 
+def available() -> bool:
+    """Whether the ops are on (SEER_TF_NATIVE_OPS is not 0, read each time so tests can compare
+    both paths) and loaded (a compiler was found and the build worked)."""
+    return enabled() and load() is not None
+
+
 def cache_dir() -> str:
     return os.environ.get("SEER_TF_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "seer_tf")
