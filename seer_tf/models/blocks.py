@@ -93,22 +93,27 @@ def _grouped_gradient_works(dtype: str) -> bool:
 def _pointwise_as_matmul(dtype, in_channels: int, out_elements=None) -> bool:
     """Whether a stride-1 1x1 convolution runs as one matmul over the (N*H*W, C) pixels.
 
-    On CPU in bfloat16, oneDNN's AMX matmul does a RegNetY 1x1 convolution's forward and both
-    gradients 1.4-2.9x faster than its 1x1-convolution kernels once there are >= 64 input
-    channels (fewer: the convolution kernels are as fast or faster); in float32 the two are
-    equal (measured with AVX-512 and AMX, 2 threads). Same arithmetic, so the choice is free.
-    Either dtype, a 1x1 convolution whose output has >= 32M elements (`out_elements`, static
-    N*H*W*C_out) runs as a matmul too: oneDNN 3.7's brgconv_1x1 slows down erratically there
-    (RegNetY-400MF's first block at 2x32 224px crops, 64x112x112x32 -> 48: 42-58 ms per forward
-    in the step against ~11 ms as a matmul; forward+backward isolated bf16 68.7 vs 36.9 ms,
-    fp32 94.5 vs 71.2). CPUs without native bf16 keep the convolution in bf16 (not measured).
+    On CPU, with >= 64 input channels: in bfloat16 oneDNN's AMX matmul does a RegNetY 1x1
+    convolution's forward and both gradients 1.4-2.9x faster than its 1x1-convolution kernels
+    (fewer channels: the convolution kernels are as fast or faster); in float32 the two are equal
+    with AVX-512 (2 threads), and on an AVX2-only CPU (2-core AMD EPYC) the matmul is 8-27%
+    faster forward+backward on the RegNetY-400MF shapes (64x14x14x208 -> 208: 22.6 -> 19.0 ms,
+    128x6x6x208: 10.7 -> 7.8) but slower below 64 channels (64x112x112x32 -> 48: 82 -> 104).
+    Same arithmetic, so the choice is free. Either dtype, a 1x1 convolution whose output has
+    >= 32M elements (`out_elements`, static N*H*W*C_out) runs as a matmul too: oneDNN 3.7's
+    brgconv_1x1 slows down erratically there on AVX-512 (RegNetY-400MF's first block at 2x32
+    224px crops, 64x112x112x32 -> 48: 42-58 ms per forward in the step against ~11 ms as a
+    matmul; forward+backward isolated bf16 68.7 vs 36.9 ms, fp32 94.5 vs 71.2). CPUs without
+    native bf16 keep the convolution in bf16 (not measured).
     """
     if _accelerator_present():
         return False
     if out_elements is not None and out_elements >= 32 * 2**20 and (
             dtype == tf.float32 or cpu.has_native_bf16()):
         return True
-    return dtype == tf.bfloat16 and in_channels >= 64 and cpu.has_native_bf16()
+    if in_channels < 64:
+        return False
+    return dtype == tf.float32 or (dtype == tf.bfloat16 and cpu.has_native_bf16())
 
 
 def _elements(shape):
@@ -134,7 +139,7 @@ def _pads(size, p, k, s):
     return [p, max(0, min(p, (out - 1) * s + k - size - p))]
 
 
-def _widened_same_ok(kernel_size: int, strides: int) -> bool:
+def _widened_same_ok(kernel_size: int, strides: int, groups: int) -> bool:
     """Whether a stride-2 3x3 convolution runs as TF "SAME" with its kernel widened to 4x4 by a
     zero last row and column, instead of an explicit pad + "VALID".
 
@@ -143,12 +148,15 @@ def _widened_same_ok(kernel_size: int, strides: int) -> bool:
     2i-1 .. 2i+2 with weights K[0..2], 0: PyTorch's 2i-1 .. 2i+1 with K, on every size.
     Why it is faster on CPU: the explicit pad writes (and its gradient's Slice reads) a copy of
     the input, the largest tensors of the step (RegNetY-400MF stage 1: 64x112x112x48); the
-    zeros cost 16/9 the multiply-adds, but these grouped convolutions are memory-bound.
+    zeros cost 16/9 the multiply-adds, but these grouped convolutions are memory-bound. Dense
+    ones are not: the stem's 3 -> 32 convolution, 64x224x224x3, runs forward+backward in 124 ms
+    padded and 178 ms widened on an AVX2 EPYC, so only grouped convolutions are widened (on that
+    CPU the grouped ones come out even, 141 vs 154 ms at 64x112x112x48, 85 vs 79 at 56x56x104).
     Forward + both gradients on a 2-core AMX Xeon, fp32 / bf16: 64x112x112x48 (6 groups)
     119 -> 103 / 75 -> 72 ms, 64x56x56x104 60 -> 55 / 43 -> 40, 64x28x28x208 30 -> 27 /
     25 -> 23, 128x48x48x48 41 -> 36 / 32 -> 26. GPUs and TPUs keep the pad (XLA fuses it).
     """
-    return kernel_size == 3 and strides == 2 and not _accelerator_present()
+    return kernel_size == 3 and strides == 2 and groups > 1 and not _accelerator_present()
 
 
 def _conv_init(kernel_size: int, filters: int):
@@ -200,7 +208,7 @@ class Conv(keras.layers.Layer):
         widen = False
         if p and self.strides == 1:
             padding = "SAME"  # stride 1, odd k: TF pads k//2 each side, exactly like PyTorch
-        elif p and _widened_same_ok(self.kernel_size, self.strides):
+        elif p and _widened_same_ok(self.kernel_size, self.strides, self.groups):
             padding, widen = "SAME", True
         elif p:
             # Explicit pad + VALID (conv2d's explicit-padding kernel has no grouped gradient).
