@@ -90,6 +90,9 @@ def test_xla_rule_is_bfloat16_on_native_bf16_cpus(monkeypatch):
 def _yblock_step(monkeypatch, xla):
     """Output, gradients and moving statistics of one bf16 Y block training step."""
     monkeypatch.setattr(blocks, "_xla_relu_grad", lambda dtype: xla)
+    # The path of a CPU with native bf16 (on others b's BatchNorm runs in float32 and its SE
+    # squeeze takes the plain gradient), exact on any CPU.
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: True)
     calls, compiled, with_mean = [], relu_ops._relu_grad, relu_ops._relu_grad_with_mean
     monkeypatch.setattr(relu_ops, "_relu_grad", lambda dz, z: calls.append("relu") or compiled(dz, z))
     monkeypatch.setattr(relu_ops, "_relu_grad_with_mean",
