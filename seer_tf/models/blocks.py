@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import threading
 
 import keras
@@ -30,6 +31,7 @@ from seer_tf.models import remat
 from seer_tf.models.family import se_width_for
 from seer_tf.ops import batch_norm_relu as native_bn
 from seer_tf.ops import channel_scale as native_scale
+from seer_tf.ops import grouped_conv as native_grouped
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9  # Keras momentum = 1 - PyTorch momentum (0.1)
@@ -139,6 +141,30 @@ def _pads(size, p, k, s):
     return [p, max(0, min(p, (out - 1) * s + k - size - p))]
 
 
+def _native_grouped_conv(dtype, in_channels: int, filters: int, kernel_size: int, strides: int,
+                         groups: int) -> bool:
+    """Whether a training-mode grouped 3x3 convolution runs as seer_tf's native CPU op
+    (`seer_tf.ops.grouped_conv`: float32, group width a multiple of 8, C_out = C_in, stride 1/2).
+
+    Why only on CPUs without AVX-512: on a 2-core AVX2 EPYC oneDNN 3.7 runs RegNetY-400MF's
+    group-width-8 convolutions at 15-40 GFLOP/s forward and 5-50 backward (its stride-2
+    backward-data kernel is the slowest: 64x28x28x208 89-141 ms); the native kernels do the
+    step's grouped convolutions (2x224 + 4x96 crops, batch 32, forward + both gradients)
+    in 0.81 s against oneDNN's 1.45 s, measured side by side. They use 256-bit vectors only;
+    on AVX-512 CPUs oneDNN's own kernels were not measured against them, so those keep oneDNN.
+    SEER_TF_NATIVE_GROUPED_CONV=1 forces the native op on any CPU (to measure), =0 turns it off.
+    Inference keeps tf.nn.conv2d, so exported SavedModels hold only TensorFlow ops.
+    """
+    choice = os.environ.get("SEER_TF_NATIVE_GROUPED_CONV", "auto")
+    if (choice == "0" or dtype != tf.float32 or _accelerator_present() or kernel_size != 3
+            or strides not in (1, 2) or groups < 2 or in_channels != filters
+            or (in_channels // groups) % 8):
+        return False
+    if choice != "1" and cpu.has_avx512():
+        return False
+    return native_grouped.available()
+
+
 def _widened_same_ok(kernel_size: int, strides: int, groups: int) -> bool:
     """Whether a stride-2 3x3 convolution runs as TF "SAME" with its kernel widened to 4x4 by a
     zero last row and column, instead of an explicit pad + "VALID".
@@ -203,6 +229,12 @@ class Conv(keras.layers.Layer):
                 x = native_scale.channel_scale(x, tf.cast(channel_scale, x.dtype))
             else:
                 x = x * channel_scale[:, None, None, :]
+        if training and _native_grouped_conv(x.dtype, int(x.shape[-1]), self.filters,
+                                             self.kernel_size, self.strides, self.groups):
+            y = native_grouped.grouped_conv3x3(x, tf.cast(self.kernel, x.dtype), self.strides)
+            if self.use_bias:
+                y = tf.nn.bias_add(y, tf.cast(self.bias, y.dtype))
+            return y
         p = self.kernel_size // 2
         padding = "VALID"
         widen = False

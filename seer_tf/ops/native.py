@@ -1,6 +1,6 @@
 """Build and load seer_tf's C++ ops: compiled on first use against the installed TensorFlow.
 
-Why compile at run time: the kernels (batch_norm_relu.cc, channel_scale.cc) are a few hundred lines of plain C++
+Why compile at run time: the kernels (batch_norm_relu.cc, channel_scale.cc, grouped_conv.cc) are plain C++
 that must match the TensorFlow wheel's headers and ABI and the CPU they run on (-march=native).
 A wheel per TensorFlow version and CPU family would be a release process of its own; a C++
 compiler is on every machine that builds Python packages. The library is cached, keyed by the
@@ -24,7 +24,7 @@ import threading
 from absl import logging
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ("batch_norm_relu.cc", "channel_scale.cc")
+SOURCES = ("batch_norm_relu.cc", "channel_scale.cc", "grouped_conv.cc")
 HEADERS = ("kernel_util.h",)
 # -mno-avx512fp16: Eigen's AVX512-FP16 packet header does not compile under g++ 12.
 ARCH_FLAGS = (["-march=native", "-mno-avx512fp16"], ["-march=native"], [])

@@ -1,0 +1,487 @@
+// RegNet's grouped 3x3 convolution (PyTorch padding 1, stride 1 or 2), forward and both
+// gradients, float32 NHWC on CPU (issue 7).
+//
+// Why: with group width 8 (RegNetY-400MF) oneDNN 3.7's AVX2 kernels run these convolutions at
+// 15-40 GFLOP/s forward and 5-50 backward on a 2-core EPYC whose FMA peak is ~178 (its stride-2
+// backward-data kernel is the slowest), ~30% of the float32 step there. A group of 8 channels
+// gives each input value only 8 outputs per tap, so a kernel that broadcasts an input and
+// multiplies it into one 8-wide weight vector issues a load per FMA and runs at half the FMA
+// peak on this CPU (one 256-bit load per cycle, measured). These kernels reuse each broadcast
+// across the three taps of a kernel row instead:
+//   forward      y[k]  = sum_{ty, tx, i} x[s*k + tx - 1, i] W[ty, tx, i]        (Cols MODE 0 / 1)
+//   grad input   dx[q] = sum dy[(q + 1 - tx) / s, o] W[ty, tx, :, o]           (MODE 0 with the
+//                kernel flipped at stride 1, MODE 2 at stride 2: out[2m + tx - 1] += dy[m] W[tx])
+//   grad kernel  dW[ty, tx, i] = sum_k x[s*k + tx - 1, i] dy[k]  (3 tx x 3 i accumulators, a
+//                sliding window of dy vectors; per-shard partial sums)
+// Input rows are first packed ([8-channel slice][column][8], zero columns for the padding), so
+// the inner loops are broadcasts at constant offsets, weight loads and FMAs, with no border
+// tests. Requires cg % 8 == 0 and C_out = C_in (RegNet's b convolution).
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "kernel_util.h"
+
+namespace seer_tf {
+using namespace tensorflow;  // NOLINT
+
+REGISTER_OP("SeerGroupedConv3x3")
+    .Input("x: float")       // (N, H, W, C)
+    .Input("kernel: float")  // (3, 3, cg, C), TF's grouped layout
+    .Output("y: float")      // (N, (H - 1) / s + 1, (W - 1) / s + 1, C)
+    .Attr("stride: int")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      int stride;
+      TF_RETURN_IF_ERROR(c->GetAttr("stride", &stride));
+      auto x = c->input(0);
+      TF_RETURN_IF_ERROR(c->WithRank(x, 4, &x));
+      std::vector<shape_inference::DimensionHandle> dims = {c->Dim(x, 0)};
+      for (int d = 1; d < 3; ++d) {
+        auto n = c->Dim(x, d);
+        if (c->ValueKnown(n)) {
+          dims.push_back(c->MakeDim((c->Value(n) - 1) / stride + 1));
+        } else {
+          dims.push_back(c->UnknownDim());
+        }
+      }
+      dims.push_back(c->Dim(c->input(1), 3));
+      c->set_output(0, c->MakeShape(dims));
+      return absl::OkStatus();
+    });
+
+REGISTER_OP("SeerGroupedConv3x3Grad")
+    .Input("dy: float")
+    .Input("x: float")
+    .Input("kernel: float")
+    .Output("dx: float")
+    .Output("dkernel: float")
+    .Attr("stride: int")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(1));
+      c->set_output(1, c->input(2));
+      return absl::OkStatus();
+    });
+
+namespace {
+
+typedef float v8 __attribute__((vector_size(32)));
+inline v8 LoadV(const float* p) {
+  v8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void StoreV(float* p, v8 v) { std::memcpy(p, &v, sizeof(v)); }
+constexpr v8 kZero = {0, 0, 0, 0, 0, 0, 0, 0};
+
+// Packed rows: an input row as [slice of 8 channels][column][8] (all C / 8 slices), column 0
+// holding input column -1 and zeros past the row's end, so tiles never test for the border
+// (PyTorch's zero padding) and read their broadcasts at constant offsets from one pointer.
+// A row is packed in one sequential pass over its pixels (all groups at once): packing group by
+// group read 32 of every C * 4 bytes per pass and stalled on the misses (38% of the kernel
+// gradient's time, perf).
+// dst: [C / 8][L][8]; columns [lead, lead + w_in) hold the row, the rest of [0, L) zeros.
+inline void PackRow(float* dst, const float* src, int64_t C, int64_t w_in, int64_t L, int64_t lead) {
+  const int64_t slices = C / 8;
+  for (int64_t sl = 0; sl < slices; ++sl) {
+    float* d = dst + sl * L * 8;
+    for (int64_t c = 0; c < lead; ++c) StoreV(d + c * 8, kZero);
+    for (int64_t c = lead + w_in; c < L; ++c) StoreV(d + c * 8, kZero);
+  }
+  for (int64_t m = 0; m < w_in; ++m) {
+    const float* p = src + m * C;
+    float* d = dst + (lead + m) * 8;
+    for (int64_t sl = 0; sl < slices; ++sl) StoreV(d + sl * L * 8, LoadV(p + sl * 8));
+  }
+}
+
+// How a tile of P outputs (k0 + j, j < P) reads packed input columns pc(k0) + m, m < kInputs,
+// through tap tx = 0, 1, 2:
+//   MODE 0: out[k] += in[k + tx - 1] w[tx]    stride-1 forward, stride-1 input gradient (flipped w)
+//   MODE 1: out[k] += in[2k + tx - 1] w[tx]   stride-2 forward
+//   MODE 2: out[2m + tx - 1] += in[m] w[tx]   stride-2 input gradient (P even, k0 even)
+// Each input broadcast feeds up to 3 accumulators (1.5 on average at stride 2): the FMAs
+// outnumber the loads, which bound a one-FMA-per-broadcast kernel at half the FMA peak.
+template <int MODE, int P>
+struct Cols {
+  static constexpr int kInputs = MODE == 0 ? P + 2 : MODE == 1 ? 2 * P + 1 : P / 2 + 1;
+  static int64_t pc(int64_t k0) { return MODE == 0 ? k0 : MODE == 1 ? 2 * k0 : k0 / 2 + 1; }
+  static constexpr int target(int m, int tx) {  // the output j that input m feeds via tx, or -1
+    return MODE == 0   ? (m - tx >= 0 && m - tx < P ? m - tx : -1)
+           : MODE == 1 ? ((m - tx) % 2 == 0 && m - tx >= 0 && (m - tx) / 2 < P ? (m - tx) / 2 : -1)
+                       : (2 * m + tx - 1 >= 0 && 2 * m + tx - 1 < P ? 2 * m + tx - 1 : -1);
+  }
+};
+
+// Input n of the tile's sweep; inputs are taken from both halves in turn (0, h, 1, h + 1, ...)
+// so that consecutive FMAs go to different accumulators (independent dependency chains).
+template <int MODE, int P, int N>
+inline __attribute__((always_inline)) void Feed(v8* acc, const float* in, v8 w0, v8 w1, v8 w2) {
+  using K = Cols<MODE, P>;
+  constexpr int half = (K::kInputs + 1) / 2;
+  constexpr int m = N % 2 == 0 ? N / 2 : half + N / 2;
+  constexpr int j0 = K::target(m, 0), j1 = K::target(m, 1), j2 = K::target(m, 2);
+  const float x = in[m * 8];
+  if constexpr (j0 >= 0) acc[j0] += x * w0;
+  if constexpr (j1 >= 0) acc[j1] += x * w1;
+  if constexpr (j2 >= 0) acc[j2] += x * w2;
+}
+
+template <int MODE, int P, int... N>
+inline __attribute__((always_inline)) void FeedAll(std::integer_sequence<int, N...>, v8* acc,
+                                                   const float* in, v8 w0, v8 w1, v8 w2) {
+  (Feed<MODE, P, N>(acc, in, w0, w1, w2), ...);
+}
+
+// out[j * out_step + 0..8], j < valid, for the tile at k0. prow[r]: packed input row r;
+// wrow[r]: its weights packed as [input-role channel][tx][8].
+template <int MODE, int P>
+void RowTile(const float* const* prow, const float* const* wrow, int nrows, int slices, int64_t L,
+             int64_t k0, float* out, int64_t out_step, int64_t valid) {
+  using K = Cols<MODE, P>;
+  v8 acc[P];
+  for (int j = 0; j < P; ++j) acc[j] = kZero;
+  const int64_t pc = K::pc(k0);
+  for (int r = 0; r < nrows; ++r) {
+    for (int sl = 0; sl < slices; ++sl) {
+      const float* in = prow[r] + (sl * L + pc) * 8;
+      const float* w = wrow[r] + sl * 8 * 24;
+      for (int i = 0; i < 8; ++i, ++in, w += 24) {
+        const v8 w0 = LoadV(w), w1 = LoadV(w + 8), w2 = LoadV(w + 16);
+        FeedAll<MODE, P>(std::make_integer_sequence<int, K::kInputs>{}, acc, in, w0, w1, w2);
+      }
+    }
+  }
+  for (int j = 0; j < P && j < valid; ++j) StoreV(out + j * out_step, acc[j]);
+}
+
+// The tiles of a row of K outputs: tiles of 10 (10 accumulators + 3 weights + broadcasts fit the
+// 16 ymm registers), the remainder in one tile of 4, 6, 8 or 10. fn(P, k0, valid).
+template <typename F>
+void Tiles(int64_t K, const F& fn) {
+  int64_t k = 0;
+  for (; k + 10 <= K; k += 10) fn(std::integral_constant<int, 10>{}, k, 10);
+  const int64_t rest = K - k;
+  if (rest > 8) fn(std::integral_constant<int, 10>{}, k, rest);
+  else if (rest > 6) fn(std::integral_constant<int, 8>{}, k, rest);
+  else if (rest > 4) fn(std::integral_constant<int, 6>{}, k, rest);
+  else if (rest > 0) fn(std::integral_constant<int, 4>{}, k, rest);
+}
+
+// Packed columns the tiles of a row of K outputs read (so the zero padding covers them).
+template <int MODE>
+int64_t Reach(int64_t K, int64_t w_in) {
+  int64_t reach = w_in + 2;
+  Tiles(K, [&](auto P, int64_t k0, int64_t) {
+    reach = std::max(reach, Cols<MODE, decltype(P)::value>::pc(k0) + Cols<MODE, decltype(P)::value>::kInputs);
+  });
+  return reach;
+}
+
+// Outputs 0 .. K-1 of one row, 8 channels (out_step apart).
+template <int MODE>
+void RowSweep(const float* const* prow, const float* const* wrow, int nrows, int slices, int64_t L,
+              int64_t K, float* out, int64_t out_step) {
+  Tiles(K, [&](auto P, int64_t k0, int64_t valid) {
+    RowTile<MODE, decltype(P)::value>(prow, wrow, nrows, slices, L, k0, out + k0 * out_step,
+                                      out_step, valid);
+  });
+}
+
+struct Geometry {
+  int64_t N, H, W, C, cg, Ho, Wo;
+  int s;
+  int slices() const { return static_cast<int>(cg / 8); }
+};
+
+// Reads and checks x (N, H, W, C) and kernel (3, 3, cg, C); on bad input sets ctx's status.
+void ReadGeometry(OpKernelContext* ctx, const Tensor& x, const Tensor& k, int s, Geometry* g) {
+  OP_REQUIRES(ctx, x.dims() == 4, errors::InvalidArgument("x must be NHWC, got ", x.shape().DebugString()));
+  OP_REQUIRES(ctx, k.dims() == 4 && k.dim_size(0) == 3 && k.dim_size(1) == 3,
+              errors::InvalidArgument("kernel must be (3, 3, cg, C), got ", k.shape().DebugString()));
+  g->N = x.dim_size(0), g->H = x.dim_size(1), g->W = x.dim_size(2), g->C = x.dim_size(3);
+  g->cg = k.dim_size(2), g->s = s;
+  OP_REQUIRES(ctx, k.dim_size(3) == g->C && g->cg > 0 && g->cg % 8 == 0 && g->C % g->cg == 0,
+              errors::InvalidArgument("kernel ", k.shape().DebugString(), " for ", g->C,
+                                      " channels: needs C_out = C_in and a group width that is a "
+                                      "multiple of 8"));
+  OP_REQUIRES(ctx, s == 1 || s == 2, errors::InvalidArgument("stride must be 1 or 2, got ", s));
+  OP_REQUIRES(ctx, g->H > 0 && g->W > 0, errors::InvalidArgument("empty image"));
+  g->Ho = (g->H - 1) / s + 1, g->Wo = (g->W - 1) / s + 1;
+}
+
+// Kernel (3, 3, cg, C) repacked per 8-channel output block b as [ty][input-role c < cg][tx][8].
+// transposed: the input gradient's roles (its outputs are x's channels, its inputs dy's), with
+// the taps flipped (flip) for the stride-1 gradient, which then runs as a forward convolution.
+std::vector<float> PackKernel(const Geometry& g, const float* w, bool transposed, bool flip) {
+  std::vector<float> p((g.C / 8) * 3 * g.cg * 24);
+  for (int64_t b = 0; b < g.C / 8; ++b)
+    for (int ty = 0; ty < 3; ++ty)
+      for (int64_t c = 0; c < g.cg; ++c)
+        for (int tx = 0; tx < 3; ++tx)
+          for (int l = 0; l < 8; ++l) {
+            const int64_t lane = b * 8 + l, base = lane - lane % g.cg;
+            const int t = flip ? (2 - ty) * 3 + (2 - tx) : ty * 3 + tx;
+            // forward: w[t, c, lane]; transposed: w[t, lane's place in its group, base + c]
+            const float v = transposed ? w[(t * g.cg + lane % g.cg) * g.C + base + c]
+                                       : w[(t * g.cg + c) * g.C + lane];
+            p[(((b * 3 + ty) * g.cg + c) * 3 + tx) * 8 + l] = v;
+          }
+  return p;
+}
+
+// A worker's scratch for packed rows, reused across units.
+float* Scratch(int64_t floats) {
+  thread_local std::vector<float> buffer;
+  if (static_cast<int64_t>(buffer.size()) < floats) buffer.resize(floats);
+  return buffer.data();
+}
+
+// Forward and input gradient: one unit = one output row of one image, all groups. For each group
+// the (up to 3) input rows are packed, then each 8-channel output block sweeps the row.
+// rows(oy, ty) gives the input row read through kernel row ty (or -1).
+template <int MODE, typename RowOf>
+void Sweep(OpKernelContext* ctx, const Geometry& g, int64_t h_in, int64_t w_in, int64_t h_out,
+           int64_t w_out, const float* in, const float* wp, float* out, RowOf rows) {
+  const int64_t groups = g.C / g.cg, L = Reach<MODE>(w_out, w_in);
+  const int slices = g.slices();
+  Shard(ctx, g.N * h_out, w_out * g.C * 9 * g.cg * 2 / (MODE == 2 ? 4 : 1), [&](int64_t u) {
+    const int64_t n = u / h_out, oy = u % h_out;
+    float* packed = Scratch(3 * g.C * L);
+    const float* prow_all[3];
+    int tys[3], nr = 0;
+    for (int ty = 0; ty < 3; ++ty) {
+      const int64_t iy = rows(oy, ty);
+      if (iy < 0) continue;
+      float* dst = packed + nr * g.C * L;
+      PackRow(dst, in + ((n * h_in + iy) * w_in) * g.C, g.C, w_in, L, 1);
+      prow_all[nr] = dst;
+      tys[nr++] = ty;
+    }
+    for (int64_t gi = 0; gi < groups; ++gi) {
+      const int64_t ch = gi * g.cg;
+      const float* prow[3];
+      for (int r = 0; r < nr; ++r) prow[r] = prow_all[r] + ch * L;  // the group's first slice
+      for (int64_t ob = 0; ob < g.cg; ob += 8) {
+        const int64_t b = (ch + ob) / 8;
+        const float* wrow[3];
+        for (int r = 0; r < nr; ++r) wrow[r] = wp + (b * 3 + tys[r]) * g.cg * 24;
+        float* o = out + ((n * h_out + oy) * w_out) * g.C + ch + ob;
+        RowSweep<MODE>(prow, wrow, nr, slices, L, w_out, o, g.C);
+      }
+    }
+  });
+}
+
+void Forward(OpKernelContext* ctx, const Geometry& g, const float* x, const float* wp, float* y) {
+  auto rows = [&](int64_t oy, int ty) {
+    const int64_t iy = g.s * oy + ty - 1;
+    return iy >= 0 && iy < g.H ? iy : int64_t{-1};
+  };
+  if (g.s == 1) {
+    Sweep<0>(ctx, g, g.H, g.W, g.Ho, g.Wo, x, wp, y, rows);
+  } else {
+    Sweep<1>(ctx, g, g.H, g.W, g.Ho, g.Wo, x, wp, y, rows);
+  }
+}
+
+// dx row qy reads dy row qy + ty - 1 through the flipped kernel (stride 1), or dy row
+// (qy + 1 - ty) / 2 where that is whole (stride 2).
+void GradInput(OpKernelContext* ctx, const Geometry& g, const float* dy, const float* wp, float* dx) {
+  if (g.s == 1) {
+    Sweep<0>(ctx, g, g.Ho, g.Wo, g.H, g.W, dy, wp, dx, [&](int64_t qy, int ty) {
+      const int64_t py = qy + ty - 1;
+      return py >= 0 && py < g.Ho ? py : int64_t{-1};
+    });
+  } else {
+    Sweep<2>(ctx, g, g.Ho, g.Wo, g.H, g.W, dy, wp, dx, [&](int64_t qy, int ty) {
+      const int64_t t = qy + 1 - ty;
+      return t >= 0 && t % 2 == 0 && t / 2 < g.Ho ? t / 2 : int64_t{-1};
+    });
+  }
+}
+
+// dW[ty, tx, i, o] over one packed x row (NI of an input slice's channels) and one packed dy
+// row (an output slice): acc[tx][i] += x[s*k + tx - 1, i] dy[k]. At stride 1 each x column
+// pairs with 3 dy columns (a sliding window of 3 dy vectors in registers); at stride 2 even
+// columns pair with two, odd ones with one. NI = 3: 9 accumulators + 3 dy + 1 broadcast fit the
+// 16 ymm registers without spills, and 9 independent chains cover the FMA latency.
+template <int S, int NI>
+inline __attribute__((always_inline)) void KernelRow(v8 (&acc)[3][3], const float* xp,
+                                                     const float* dyp, int64_t w_out) {
+  if (S == 1) {
+    v8 d1 = kZero, d2 = kZero;  // dy[c - 1], dy[c - 2]: x column c (packed) pairs with dy c, c-1, c-2
+    for (int64_t c = 0; c < w_out + 2; ++c) {
+      const v8 d0 = c < w_out ? LoadV(dyp + c * 8) : kZero;
+      const float* x = xp + c * 8;
+      for (int i = 0; i < NI; ++i) {
+        const float b = x[i];
+        acc[0][i] += b * d0;
+        acc[1][i] += b * d1;
+        acc[2][i] += b * d2;
+      }
+      d2 = d1;
+      d1 = d0;
+    }
+  } else {
+    v8 dprev = kZero;  // packed x columns 2k, 2k + 1, 2k + 2 pair with dy[k] through tx 0, 1, 2
+    for (int64_t k = 0; k <= w_out; ++k) {
+      const v8 d = k < w_out ? LoadV(dyp + k * 8) : kZero;
+      const float* x0 = xp + 2 * k * 8;
+      for (int i = 0; i < NI; ++i) {
+        const float b0 = x0[i], b1 = x0[8 + i];
+        acc[0][i] += b0 * d;
+        acc[2][i] += b0 * dprev;
+        acc[1][i] += b1 * d;
+      }
+      dprev = d;
+    }
+  }
+}
+
+// All rows of a unit into dW[ty, :, si*8 + i0 .. + NI, ch + so*8 .. + 8] (accumulators in registers).
+template <int S, int NI>
+void KernelBlock(float* dst, int64_t cg, int64_t C, const float* const* xrows, const float* const* drows,
+                 int nrows, int64_t w_out) {
+  v8 acc[3][3];
+  for (int tx = 0; tx < 3; ++tx)
+    for (int i = 0; i < NI; ++i) acc[tx][i] = LoadV(dst + (tx * cg + i) * C);
+  for (int r = 0; r < nrows; ++r) KernelRow<S, NI>(acc, xrows[r], drows[r], w_out);
+  for (int tx = 0; tx < 3; ++tx)
+    for (int i = 0; i < NI; ++i) StoreV(dst + (tx * cg + i) * C, acc[tx][i]);
+}
+
+// Kernel gradient: units of (image, block of output rows), in a few shards with their own
+// partial sums (summed at the end). Per unit and group the dy rows and the x rows they read are
+// packed once; every (ty, input slice, 4 channels, output slice) keeps its 3 x 4 accumulators in
+// registers over the whole block.
+void GradKernel(OpKernelContext* ctx, const Geometry& g, const float* dy, const float* x, float* dw) {
+  const int64_t groups = g.C / g.cg, kw = 9 * g.cg * g.C;
+  const int slices = g.slices();
+  // x columns read: -1 .. s * Wo (packed 0 .. s * Wo + 1)
+  const int64_t Lx = std::max(g.W + 1, g.s * g.Wo + 2), Ld = g.Wo;
+  // Rows per unit: >= 48 dy pixels (the accumulators' loads and stores amortized) while the
+  // packed rows stay within ~256 KB (L2).
+  const int64_t fit = (65536 / g.C - 2 * Lx) / (g.s * Lx + Ld);
+  const int64_t rows = std::max<int64_t>(1, std::min<int64_t>({g.Ho, (48 + g.Wo - 1) / g.Wo, 64, fit}));
+  const int64_t per_image = (g.Ho + rows - 1) / rows, units = g.N * per_image;
+  const int64_t x_rows = g.s * rows + 2;
+  const int threads = ctx->device()->tensorflow_cpu_worker_threads()->num_threads;
+  const int64_t shards = std::max<int64_t>(1, std::min<int64_t>(units, 2 * threads));
+  std::vector<float> partial(shards * kw, 0.0f);
+  Shard(ctx, shards, units / shards * rows * g.Wo * kw * 2, [&](int64_t sh) {
+    float* acc_out = &partial[sh * kw];
+    float* xpk = Scratch((x_rows * Lx + rows * Ld) * g.C);  // [row][C / 8][L][8] each
+    float* dpk = xpk + x_rows * Lx * g.C;
+    for (int64_t u = units * sh / shards, u1 = units * (sh + 1) / shards; u < u1; ++u) {
+      const int64_t n = u / per_image, oy0 = (u % per_image) * rows;
+      const int64_t oy1 = std::min(g.Ho, oy0 + rows), iy0 = g.s * oy0 - 1;
+      for (int64_t r = 0; r < oy1 - oy0; ++r)
+        PackRow(dpk + r * Ld * g.C, dy + ((n * g.Ho + oy0 + r) * g.Wo) * g.C, g.C, g.Wo, Ld, 0);
+      const int64_t nx = std::min(x_rows, g.s * (oy1 - oy0 - 1) + 3);
+      for (int64_t r = 0; r < nx; ++r) {
+        const int64_t iy = iy0 + r;
+        if (iy >= 0 && iy < g.H) PackRow(xpk + r * Lx * g.C, x + ((n * g.H + iy) * g.W) * g.C, g.C, g.W, Lx, 1);
+      }
+      for (int64_t gi = 0; gi < groups; ++gi) {
+        const int64_t ch = gi * g.cg;
+        for (int ty = 0; ty < 3; ++ty) {
+          const float* xrows[64];
+          const float* drows[64];
+          for (int si = 0; si < slices; ++si)
+            for (int so = 0; so < slices; ++so) {
+              int nr = 0;
+              for (int64_t r = 0; r < oy1 - oy0; ++r) {
+                const int64_t iy = g.s * (oy0 + r) + ty - 1;
+                if (iy < 0 || iy >= g.H) continue;
+                xrows[nr] = xpk + (iy - iy0) * Lx * g.C + (ch + si * 8) * Lx;
+                drows[nr++] = dpk + r * Ld * g.C + (ch + so * 8) * Ld;
+              }
+              for (int i0 = 0; i0 < 8; i0 += 3) {  // channels {0, 1, 2}, {3, 4, 5}, {6, 7}
+                float* dst = acc_out + ((ty * 3) * g.cg + si * 8 + i0) * g.C + ch + so * 8;
+                const float* xs[64];
+                for (int r = 0; r < nr; ++r) xs[r] = xrows[r] + i0;
+                if (g.s == 1) {
+                  if (i0 < 6) KernelBlock<1, 3>(dst, g.cg, g.C, xs, drows, nr, g.Wo);
+                  else KernelBlock<1, 2>(dst, g.cg, g.C, xs, drows, nr, g.Wo);
+                } else {
+                  if (i0 < 6) KernelBlock<2, 3>(dst, g.cg, g.C, xs, drows, nr, g.Wo);
+                  else KernelBlock<2, 2>(dst, g.cg, g.C, xs, drows, nr, g.Wo);
+                }
+              }
+            }
+        }
+      }
+    }
+  });
+  std::memcpy(dw, partial.data(), kw * sizeof(float));
+  for (int64_t sh = 1; sh < shards; ++sh) {
+    const float* p = &partial[sh * kw];
+    for (int64_t e = 0; e < kw; ++e) dw[e] += p[e];
+  }
+}
+
+class GroupedConv3x3Op : public OpKernel {
+ public:
+  explicit GroupedConv3x3Op(OpKernelConstruction* c) : OpKernel(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("stride", &stride_));
+  }
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& k = ctx->input(1);
+    Geometry g;
+    ReadGeometry(ctx, x, k, stride_, &g);
+    if (!ctx->status().ok()) return;
+    Tensor* y;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({g.N, g.Ho, g.Wo, g.C}), &y));
+    if (y->NumElements() == 0) return;
+    const std::vector<float> wp = PackKernel(g, In<float>(k), /*transposed=*/false, /*flip=*/false);
+    Forward(ctx, g, In<float>(x), wp.data(), Out<float>(y));
+  }
+
+ private:
+  int stride_;
+};
+
+class GroupedConv3x3GradOp : public OpKernel {
+ public:
+  explicit GroupedConv3x3GradOp(OpKernelConstruction* c) : OpKernel(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("stride", &stride_));
+  }
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& dy = ctx->input(0);
+    const Tensor& x = ctx->input(1);
+    const Tensor& k = ctx->input(2);
+    Geometry g;
+    ReadGeometry(ctx, x, k, stride_, &g);
+    if (!ctx->status().ok()) return;
+    OP_REQUIRES(ctx, dy.shape() == TensorShape({g.N, g.Ho, g.Wo, g.C}),
+                errors::InvalidArgument("dy ", dy.shape().DebugString(), " does not match x ",
+                                        x.shape().DebugString(), " at stride ", stride_));
+    Tensor *dx, *dk;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, k.shape(), &dk));
+    if (x.NumElements() == 0) {
+      std::memset(Out<float>(dk), 0, dk->NumElements() * sizeof(float));
+      return;
+    }
+    const std::vector<float> wp = PackKernel(g, In<float>(k), /*transposed=*/true, /*flip=*/stride_ == 1);
+    GradInput(ctx, g, In<float>(dy), wp.data(), Out<float>(dx));
+    GradKernel(ctx, g, In<float>(dy), In<float>(x), Out<float>(dk));
+  }
+
+ private:
+  int stride_;
+};
+
+}  // namespace
+
+REGISTER_KERNEL_BUILDER(Name("SeerGroupedConv3x3").Device(DEVICE_CPU), GroupedConv3x3Op);
+REGISTER_KERNEL_BUILDER(Name("SeerGroupedConv3x3Grad").Device(DEVICE_CPU), GroupedConv3x3GradOp);
+
+}  // namespace seer_tf

@@ -1,0 +1,27 @@
+"""RegNet's grouped 3x3 convolution (PyTorch padding 1) as one native op each way, on CPU (issue 7).
+
+Why: see grouped_conv.cc; on AVX2 CPUs oneDNN's grouped kernels reach a fraction of the FMA
+peak at group width 8, and its backward-data kernel is slower still.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from seer_tf.ops import native
+
+
+available = native.available  # the op library is one: all ops or none
+
+
+def grouped_conv3x3(x, kernel, stride: int):
+    """conv2d(x, kernel) with groups C / kernel.shape[2], PyTorch's padding 1, stride 1 or 2;
+    float32 NHWC x, TF's (3, 3, C / groups, C) kernel."""
+    return native.load().seer_grouped_conv3x3(x=x, kernel=kernel, stride=stride)
+
+
+@tf.RegisterGradient("SeerGroupedConv3x3")
+def _grouped_conv3x3_grad(op, dy):
+    x, kernel = op.inputs
+    return native.load().seer_grouped_conv3x3_grad(dy=dy, x=x, kernel=kernel,
+                                                    stride=op.get_attr("stride"))

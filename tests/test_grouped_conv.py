@@ -1,0 +1,134 @@
+"""seer_tf's native grouped 3x3 convolution (seer_tf.ops.grouped_conv) against TF's grouped
+tf.nn.conv2d with PyTorch's padding, forward and both gradients, and Conv's use of it."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from seer_tf.models import blocks
+from seer_tf.ops import grouped_conv as native_grouped
+
+RNG = np.random.default_rng(11)
+
+pytestmark = pytest.mark.usefixtures("native_ops")  # conftest: built, or no compiler (skip)
+
+
+def _reference(x, k, stride):
+    """PyTorch's conv2d(padding=1, groups=C/cg) in float64 NumPy: the ground truth for both."""
+    n, h, w, c = x.shape
+    cg = k.shape[2]
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    xp = np.pad(x.astype(np.float64), [(0, 0), (1, 1), (1, 1), (0, 0)])
+    y = np.zeros((n, ho, wo, c))
+    for g in range(c // cg):
+        sl = slice(g * cg, (g + 1) * cg)
+        for ty in range(3):
+            for tx in range(3):
+                patch = xp[:, ty:ty + stride * (ho - 1) + 1:stride, tx:tx + stride * (wo - 1) + 1:stride, sl]
+                y[..., sl] += patch @ k[ty, tx, :, sl].astype(np.float64)
+    return y
+
+
+def _native_and_tf(x, k, r, stride):
+    """(y, dx, dk) of the native op and of tf.nn.conv2d, loss = sum(y * r)."""
+    out = []
+    for conv in (lambda x, k: native_grouped.grouped_conv3x3(x, k, stride),
+                 lambda x, k: tf.nn.conv2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), k, stride,
+                                           "VALID")):
+        with tf.GradientTape() as tape:
+            tape.watch([x, k])
+            y = conv(x, k)
+            loss = tf.reduce_sum(y * r)
+        out.append([t.numpy() for t in [y] + tape.gradient(loss, [x, k])])
+    return out
+
+
+# Widths 1-3 (single small tiles), 7 and 13 (remainder tiles of 8 and 4 after 10), 26 / 23 (two
+# full tiles + remainders at stride 1 / 2); group widths 8, 16 (two 8-channel slices) and 24.
+@pytest.mark.parametrize("shape,cg,stride", [
+    ((2, 7, 13, 16), 8, 1), ((2, 7, 13, 16), 8, 2), ((1, 26, 23, 24), 8, 1), ((2, 23, 26, 16), 8, 2),
+    ((3, 1, 1, 16), 16, 1), ((1, 2, 3, 16), 8, 2), ((2, 9, 17, 48), 24, 2), ((2, 6, 6, 32), 16, 1),
+])
+def test_matches_tf_conv2d_and_float64(shape, cg, stride):
+    """Output and both gradients against TF's grouped conv2d to float32 rounding, and against a
+    float64 reference no further than TF is."""
+    c = shape[3]
+    x = tf.constant(RNG.normal(size=shape), tf.float32)
+    k = tf.constant(RNG.normal(size=(3, 3, cg, c)) * 0.2, tf.float32)
+    ho, wo = (shape[1] - 1) // stride + 1, (shape[2] - 1) // stride + 1
+    r = tf.constant(RNG.normal(size=(shape[0], ho, wo, c)), tf.float32)
+    ours, theirs = _native_and_tf(x, k, r, stride)
+    for got, want in zip(ours, theirs):
+        scale = np.abs(want).max()
+        np.testing.assert_allclose(got, want, atol=2e-6 * scale, rtol=0)
+    y64 = _reference(x.numpy(), k.numpy(), stride)
+    assert np.abs(ours[0] - y64).max() <= 2 * np.abs(theirs[0] - y64).max() + 1e-6
+    # dk from float64: sum over pixels of x-patches times r, i.e. the reference's linearity in k
+    dk64 = np.zeros(k.shape)
+    for ty in range(3):
+        for tx in range(3):
+            e = np.zeros(k.shape)
+            for i in range(cg):
+                e[:] = 0
+                e[ty, tx, i, :] = 1
+                dk64[ty, tx, i] = (_reference(x.numpy(), e, stride) * r.numpy()).sum((0, 1, 2))
+    assert np.abs(ours[2] - dk64).max() <= 2 * np.abs(theirs[2] - dk64).max() + 1e-5
+
+
+def test_shape_inference_and_bad_input():
+    x = tf.zeros([2, 9, 8, 16])
+    k = tf.zeros([3, 3, 8, 16])
+    y = tf.function(lambda x: native_grouped.grouped_conv3x3(x, k, 2)).get_concrete_function(
+        tf.TensorSpec([None, 9, 8, 16])).outputs[0]
+    assert y.shape.as_list() == [None, 5, 4, 16]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="multiple of 8"):
+        native_grouped.grouped_conv3x3(tf.zeros([1, 4, 4, 12]), tf.zeros([3, 3, 4, 12]), 1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="C_out = C_in"):
+        native_grouped.grouped_conv3x3(x, tf.zeros([3, 3, 8, 32]), 1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="stride must be 1 or 2"):
+        native_grouped.grouped_conv3x3(x, k, 3)
+
+
+def test_gating(monkeypatch):
+    """float32 grouped 3x3 convolutions with 8k-channel groups only; bf16, dense, group width 4,
+    C_out != C_in and 1x1 convolutions keep tf.nn.conv2d; SEER_TF_NATIVE_GROUPED_CONV=0/1."""
+    monkeypatch.setenv("SEER_TF_NATIVE_GROUPED_CONV", "1")
+    ok = blocks._native_grouped_conv
+    assert ok(tf.float32, 48, 48, 3, 2, 6)
+    assert not ok(tf.bfloat16, 48, 48, 3, 2, 6)
+    assert not ok(tf.float32, 48, 48, 3, 1, 1)
+    assert not ok(tf.float32, 48, 48, 3, 1, 12)  # group width 4
+    assert not ok(tf.float32, 48, 96, 3, 1, 6)
+    assert not ok(tf.float32, 48, 48, 1, 1, 6)
+    monkeypatch.setenv("SEER_TF_NATIVE_GROUPED_CONV", "0")
+    assert not ok(tf.float32, 48, 48, 3, 2, 6)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_layer_trains_on_the_native_op_and_infers_on_tf(monkeypatch, stride):
+    """Conv(training=True) takes the native op (and its gradient), training=False TF's conv2d
+    (what SavedModels hold); both give the same output, and the gradients match those of the
+    oneDNN path (native op off)."""
+    monkeypatch.setenv("SEER_TF_NATIVE_GROUPED_CONV", "1")
+    conv = blocks.Conv(32, 3, stride, groups=4)
+    x = tf.constant(RNG.normal(size=(2, 11, 10, 32)), tf.float32)
+    conv.build(x.shape)
+
+    def run(training):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = conv(x, training=training)
+            loss = tf.reduce_sum(y * y)
+        return [t.numpy() for t in [y] + tape.gradient(loss, [x, conv.kernel])]
+
+    graph = tf.function(lambda x: conv(x, training=True)).get_concrete_function(x).graph
+    assert "SeerGroupedConv3x3" in {op.type for op in graph.get_operations()}
+    graph = tf.function(lambda x: conv(x, training=False)).get_concrete_function(x).graph
+    assert "SeerGroupedConv3x3" not in {op.type for op in graph.get_operations()}
+    native = run(True)
+    monkeypatch.setenv("SEER_TF_NATIVE_GROUPED_CONV", "0")
+    onednn = run(True)
+    inference = run(False)
+    for got, want in zip(native, onednn):
+        np.testing.assert_allclose(got, want, atol=3e-6 * np.abs(want).max(), rtol=0)
+    np.testing.assert_allclose(native[0], inference[0], atol=3e-6 * np.abs(inference[0]).max(), rtol=0)
