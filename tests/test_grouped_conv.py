@@ -132,3 +132,20 @@ def test_conv_layer_trains_on_the_native_op_and_infers_on_tf(monkeypatch, stride
     for got, want in zip(native, onednn):
         np.testing.assert_allclose(got, want, atol=3e-6 * np.abs(want).max(), rtol=0)
     np.testing.assert_allclose(native[0], inference[0], atol=3e-6 * np.abs(inference[0]).max(), rtol=0)
+
+
+def test_compare_tool_lists_the_steps_grouped_convolutions():
+    """tools/grouped_conv_compare.py times what one SwAV step runs: every b convolution at every
+    crop resolution (RegNetY-400MF: 16 blocks x 2 resolutions; stride 2 first in each stage)."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "tools", "grouped_conv_compare.py")
+    spec = importlib.util.spec_from_file_location("grouped_conv_compare", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    shapes = tool.step_shapes("regnet_y_400mf", "2x224,4x96", 32)
+    assert sum(s[4] for s in shapes) == 32
+    assert shapes[0] == (64, 112, 48, 2, 1, 8)
+    assert (64, 7, 440, 1, 5, 8) in shapes and (128, 3, 440, 1, 5, 8) in shapes
+    assert sum(s[4] for s in shapes if s[3] == 2) == 8

@@ -39,6 +39,7 @@ REGISTER_OP("SeerGroupedConv3x3")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       int stride;
       TF_RETURN_IF_ERROR(c->GetAttr("stride", &stride));
+      if (stride != 1 && stride != 2) return errors::InvalidArgument("stride must be 1 or 2, got ", stride);
       auto x = c->input(0);
       TF_RETURN_IF_ERROR(c->WithRank(x, 4, &x));
       std::vector<shape_inference::DimensionHandle> dims = {c->Dim(x, 0)};
