@@ -149,3 +149,17 @@ def test_compare_tool_lists_the_steps_grouped_convolutions():
     assert shapes[0] == (64, 112, 48, 2, 1, 8)
     assert (64, 7, 440, 1, 5, 8) in shapes and (128, 3, 440, 1, 5, 8) in shapes
     assert sum(s[4] for s in shapes if s[3] == 2) == 8
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 5, 16), (2, 0, 5, 16)])
+def test_empty_batches_and_images(shape):
+    """As tf.nn.conv2d: empty outputs, and a zero kernel gradient."""
+    x = tf.zeros(shape)
+    k = tf.ones([3, 3, 8, 16])
+    with tf.GradientTape() as tape:
+        tape.watch([x, k])
+        y = native_grouped.grouped_conv3x3(x, k, 2)
+        loss = tf.reduce_sum(y)
+    assert y.shape == (shape[0], (shape[1] + 1) // 2, 3, 16)
+    dx, dk = tape.gradient(loss, [x, k])
+    assert dx.shape == shape and not np.any(dk.numpy())

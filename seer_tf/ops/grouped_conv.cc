@@ -161,17 +161,25 @@ void RowTile(const float* const* prow, const float* const* wrow, int nrows, int 
   for (int j = 0; j < P && j < valid; ++j) StoreV(out + j * out_step, acc[j]);
 }
 
-// The tiles of a row of K outputs: tiles of 10 (10 accumulators + 3 weights + broadcasts fit the
-// 16 ymm registers), the remainder in one tile of 4, 6, 8 or 10. fn(P, k0, valid).
+// The tiles of a row of K outputs, fn(P, k0, valid). P is 4, 6, 8 or 10 (10 accumulators + 3
+// weights + broadcasts fit the 16 ymm registers): the row is split into ceil(K / 10) tiles of
+// about equal size, full tiles of the size that covers that, the remainder in the smallest that
+// covers it. A small tile is slow twice over: fewer FMAs per broadcast, and fewer independent
+// accumulators than the FMA latency needs (K = 14 as 10 + 4 ran its last 4 at half speed).
 template <typename F>
 void Tiles(int64_t K, const F& fn) {
+  auto with_size = [&](int64_t want, int64_t k0, int64_t valid) {
+    if (want <= 4) fn(std::integral_constant<int, 4>{}, k0, valid);
+    else if (want <= 6) fn(std::integral_constant<int, 6>{}, k0, valid);
+    else if (want <= 8) fn(std::integral_constant<int, 8>{}, k0, valid);
+    else fn(std::integral_constant<int, 10>{}, k0, valid);
+  };
+  if (K <= 0) return;
+  const int64_t n = (K + 9) / 10, want = (K + n - 1) / n;
+  const int64_t P = want <= 4 ? 4 : want <= 6 ? 6 : want <= 8 ? 8 : 10;
   int64_t k = 0;
-  for (; k + 10 <= K; k += 10) fn(std::integral_constant<int, 10>{}, k, 10);
-  const int64_t rest = K - k;
-  if (rest > 8) fn(std::integral_constant<int, 10>{}, k, rest);
-  else if (rest > 6) fn(std::integral_constant<int, 8>{}, k, rest);
-  else if (rest > 4) fn(std::integral_constant<int, 6>{}, k, rest);
-  else if (rest > 0) fn(std::integral_constant<int, 4>{}, k, rest);
+  for (; k + P <= K; k += P) with_size(P, k, P);
+  if (k < K) with_size(K - k, k, K - k);
 }
 
 // Packed columns the tiles of a row of K outputs read (so the zero padding covers them).
@@ -212,8 +220,7 @@ void ReadGeometry(OpKernelContext* ctx, const Tensor& x, const Tensor& k, int s,
                                       " channels: needs C_out = C_in and a group width that is a "
                                       "multiple of 8"));
   OP_REQUIRES(ctx, s == 1 || s == 2, errors::InvalidArgument("stride must be 1 or 2, got ", s));
-  OP_REQUIRES(ctx, g->H > 0 && g->W > 0, errors::InvalidArgument("empty image"));
-  g->Ho = (g->H - 1) / s + 1, g->Wo = (g->W - 1) / s + 1;
+  g->Ho = g->H > 0 ? (g->H - 1) / s + 1 : 0, g->Wo = g->W > 0 ? (g->W - 1) / s + 1 : 0;
 }
 
 // Kernel (3, 3, cg, C) repacked per 8-channel output block b as [ty][input-role c < cg][tx][8].
