@@ -147,11 +147,12 @@ def _native_grouped_conv(dtype, in_channels: int, filters: int, kernel_size: int
     (`seer_tf.ops.grouped_conv`: float32, group width a multiple of 8, C_out = C_in, stride 1/2).
 
     Why only on CPUs without AVX-512: on a 2-core AVX2 EPYC oneDNN 3.7 runs RegNetY-400MF's
-    group-width-8 convolutions at 15-40 GFLOP/s forward and 5-50 backward (its stride-2
-    backward-data kernel is the slowest: 64x28x28x208 89-141 ms); the native kernels do the
-    step's grouped convolutions (2x224 + 4x96 crops, batch 32, forward + both gradients)
-    in 0.81 s against oneDNN's 1.45 s, measured side by side. They use 256-bit vectors only;
-    on AVX-512 CPUs oneDNN's own kernels were not measured against them, so those keep oneDNN.
+    group-width-8 convolutions at 10-35 GFLOP/s forward and 8-41 backward (its stride-2
+    backward-data kernel is the slowest: 64x28x28x208 forward+backward 94-141 ms); the native
+    kernels do the step's grouped convolutions (2x224 + 4x96 crops, batch 32, forward + both
+    gradients) in 0.58 s against oneDNN's 1.25 s (`tools/grouped_conv_compare.py`), and the
+    step gains 24% (A/B). They use 256-bit vectors only; on AVX-512 CPUs they were not measured
+    against oneDNN's own kernels, so those keep oneDNN until someone runs that tool there.
     SEER_TF_NATIVE_GROUPED_CONV=1 forces the native op on any CPU (to measure), =0 turns it off.
     Inference keeps tf.nn.conv2d, so exported SavedModels hold only TensorFlow ops.
     """
