@@ -5,7 +5,7 @@ that must match the TensorFlow wheel's headers and ABI and the CPU they run on (
 A wheel per TensorFlow version and CPU family would be a release process of its own; a C++
 compiler is on every machine that builds Python packages. The library is cached, keyed by the
 source, the TensorFlow version, the compiler and the CPU's flags, under $SEER_TF_CACHE (default
-~/.cache/seer_tf), so only the first process on a machine pays the ~10 s.
+~/.cache/seer_tf), so only the first process on a machine pays the ~30 s (2-core EPYC, g++ 12).
 
 Nothing requires the ops: `load()` returns None (with one warning) when there is no compiler,
 the build fails, or SEER_TF_NATIVE_OPS=0, and the callers keep TensorFlow's own kernels.
