@@ -250,8 +250,8 @@ float* Scratch(int64_t floats) {
   return buffer.data();
 }
 
-// Forward and input gradient: one unit = one output row of one image, all groups. For each group
-// the (up to 3) input rows are packed, then each 8-channel output block sweeps the row.
+// Forward and input gradient: one unit = one output row of one image, all groups. The (up to 3)
+// input rows are packed once for all groups, then each 8-channel output block sweeps the row.
 // rows(oy, ty) gives the input row read through kernel row ty (or -1).
 template <int MODE, typename RowOf>
 void Sweep(OpKernelContext* ctx, const Geometry& g, int64_t h_in, int64_t w_in, int64_t h_out,
@@ -365,9 +365,9 @@ void KernelBlock(float* dst, int64_t cg, int64_t C, const float* const* xrows, c
 }
 
 // Kernel gradient: units of (image, block of output rows), in a few shards with their own
-// partial sums (summed at the end). Per unit and group the dy rows and the x rows they read are
-// packed once; every (ty, input slice, 4 channels, output slice) keeps its 3 x 4 accumulators in
-// registers over the whole block.
+// partial sums (summed at the end). Per unit the dy rows and the x rows they read are packed
+// once (all groups); every (ty, input slice, 3 channels, output slice) keeps its 3 x 3
+// accumulators in registers over the whole block.
 void GradKernel(OpKernelContext* ctx, const Geometry& g, const float* dy, const float* x, float* dw) {
   const int64_t groups = g.C / g.cg, kw = 9 * g.cg * g.C;
   const int slices = g.slices();
@@ -434,11 +434,20 @@ void GradKernel(OpKernelContext* ctx, const Geometry& g, const float* dy, const 
   }
 }
 
-class GroupedConv3x3Op : public OpKernel {
+// Both kernels read the "stride" attr.
+class StridedKernel : public OpKernel {
  public:
-  explicit GroupedConv3x3Op(OpKernelConstruction* c) : OpKernel(c) {
+  explicit StridedKernel(OpKernelConstruction* c) : OpKernel(c) {
     OP_REQUIRES_OK(c, c->GetAttr("stride", &stride_));
   }
+
+ protected:
+  int stride_;
+};
+
+class GroupedConv3x3Op : public StridedKernel {
+ public:
+  using StridedKernel::StridedKernel;
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
     const Tensor& k = ctx->input(1);
@@ -451,16 +460,11 @@ class GroupedConv3x3Op : public OpKernel {
     const std::vector<float> wp = PackKernel(g, In<float>(k), /*transposed=*/false, /*flip=*/false);
     Forward(ctx, g, In<float>(x), wp.data(), Out<float>(y));
   }
-
- private:
-  int stride_;
 };
 
-class GroupedConv3x3GradOp : public OpKernel {
+class GroupedConv3x3GradOp : public StridedKernel {
  public:
-  explicit GroupedConv3x3GradOp(OpKernelConstruction* c) : OpKernel(c) {
-    OP_REQUIRES_OK(c, c->GetAttr("stride", &stride_));
-  }
+  using StridedKernel::StridedKernel;
   void Compute(OpKernelContext* ctx) override {
     const Tensor& dy = ctx->input(0);
     const Tensor& x = ctx->input(1);
@@ -482,9 +486,6 @@ class GroupedConv3x3GradOp : public OpKernel {
     GradInput(ctx, g, In<float>(dy), wp.data(), Out<float>(dx));
     GradKernel(ctx, g, In<float>(dy), In<float>(x), Out<float>(dk));
   }
-
- private:
-  int stride_;
 };
 
 }  // namespace
