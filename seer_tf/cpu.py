@@ -38,9 +38,3 @@ def has_native_bf16() -> bool:
     """AVX512_BF16 or AMX-BF16 present; True when the CPU cannot be inspected (assume modern)."""
     info = describe()
     return not info["known"] or any(f in info["isa"] for f in NATIVE_BF16)
-
-
-@functools.lru_cache(maxsize=None)
-def has_avx512() -> bool:
-    """AVX-512F present (oneDNN's 512-bit kernels); False when the CPU cannot be inspected."""
-    return "avx512f" in describe()["isa"]

@@ -24,19 +24,3 @@ def test_native_bf16_follows_the_flags(tmp_path, monkeypatch):
         cpu.has_native_bf16.cache_clear()
         assert cpu.has_native_bf16() is expected
     cpu.has_native_bf16.cache_clear()
-
-
-def test_avx512_follows_the_flags(tmp_path, monkeypatch):
-    """AVX-512F decides whether the native grouped convolution is used (blocks.py)."""
-    real = cpu.describe
-    for name, flags, expected in (("avx2", "fpu avx2 fma", False),
-                                  ("xeon", "fpu avx2 avx512f avx512_bf16", True)):
-        path = tmp_path / name
-        path.write_text(f"model name\t: cpu\nflags\t\t: {flags}\n")
-        monkeypatch.setattr(cpu, "describe", lambda p=str(path): real(p))
-        cpu.has_avx512.cache_clear()
-        assert cpu.has_avx512() is expected
-    monkeypatch.setattr(cpu, "describe", lambda: real(str(tmp_path / "missing")))
-    cpu.has_avx512.cache_clear()
-    assert cpu.has_avx512() is False
-    cpu.has_avx512.cache_clear()

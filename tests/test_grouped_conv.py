@@ -29,10 +29,10 @@ def _reference(x, k, stride):
     return y
 
 
-def _native_and_tf(x, k, r, stride):
+def _native_and_tf(x, k, r, stride, vector_bits=0):
     """(y, dx, dk) of the native op and of tf.nn.conv2d, loss = sum(y * r)."""
     out = []
-    for conv in (lambda x, k: native_grouped.grouped_conv3x3(x, k, stride),
+    for conv in (lambda x, k: native_grouped.grouped_conv3x3(x, k, stride, vector_bits),
                  lambda x, k: tf.nn.conv2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), k, stride,
                                            "VALID")):
         with tf.GradientTape() as tape:
@@ -44,20 +44,24 @@ def _native_and_tf(x, k, r, stride):
 
 
 # Widths 1-3 (single small tiles), 7 and 13 (remainder tiles of 8 and 4 after 10), 26 / 23 (two
-# full tiles + remainders at stride 1 / 2); group widths 8, 16 (two 8-channel slices) and 24.
+# full tiles + remainders at stride 1 / 2); group widths 8, 16 (two 8-channel slices) and 24;
+# at group width 8 an odd number of groups (3, 5, 1: the 512-bit kernels' half-empty last pair).
+@pytest.mark.parametrize("vector_bits", [0, 256])
 @pytest.mark.parametrize("shape,cg,stride", [
     ((2, 7, 13, 16), 8, 1), ((2, 7, 13, 16), 8, 2), ((1, 26, 23, 24), 8, 1), ((2, 23, 26, 16), 8, 2),
     ((3, 1, 1, 16), 16, 1), ((1, 2, 3, 16), 8, 2), ((2, 9, 17, 48), 24, 2), ((2, 6, 6, 32), 16, 1),
+    ((2, 11, 9, 40), 8, 2), ((1, 5, 12, 8), 8, 1),
 ])
-def test_matches_tf_conv2d_and_float64(shape, cg, stride):
+def test_matches_tf_conv2d_and_float64(shape, cg, stride, vector_bits):
     """Output and both gradients against TF's grouped conv2d to float32 rounding, and against a
-    float64 reference no further than TF is."""
+    float64 reference no further than TF is; with the widest kernels the build has (512-bit
+    ones for group width 8 on AVX-512 machines) and with the 256-bit ones."""
     c = shape[3]
     x = tf.constant(RNG.normal(size=shape), tf.float32)
     k = tf.constant(RNG.normal(size=(3, 3, cg, c)) * 0.2, tf.float32)
     ho, wo = (shape[1] - 1) // stride + 1, (shape[2] - 1) // stride + 1
     r = tf.constant(RNG.normal(size=(shape[0], ho, wo, c)), tf.float32)
-    ours, theirs = _native_and_tf(x, k, r, stride)
+    ours, theirs = _native_and_tf(x, k, r, stride, vector_bits)
     for got, want in zip(ours, theirs):
         scale = np.abs(want).max()
         np.testing.assert_allclose(got, want, atol=2e-6 * scale, rtol=0)
@@ -87,13 +91,18 @@ def test_shape_inference_and_bad_input():
         native_grouped.grouped_conv3x3(x, tf.zeros([3, 3, 8, 32]), 1)
     with pytest.raises(tf.errors.InvalidArgumentError, match="stride must be 1 or 2"):
         native_grouped.grouped_conv3x3(x, k, 3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="vector_bits must be 0"):
+        native_grouped.grouped_conv3x3(x, k, 1, vector_bits=128)
 
 
 def test_gating(monkeypatch):
     """float32 grouped 3x3 convolutions with 8k-channel groups only; bf16, dense, group width 4,
-    C_out != C_in and 1x1 convolutions keep tf.nn.conv2d; SEER_TF_NATIVE_GROUPED_CONV=0/1."""
-    monkeypatch.setenv("SEER_TF_NATIVE_GROUPED_CONV", "1")
+    C_out != C_in and 1x1 convolutions keep tf.nn.conv2d; on by default on any CPU where the op
+    builds; SEER_TF_NATIVE_GROUPED_CONV=0/1."""
     ok = blocks._native_grouped_conv
+    monkeypatch.delenv("SEER_TF_NATIVE_GROUPED_CONV", raising=False)
+    assert ok(tf.float32, 48, 48, 3, 2, 6) is native_grouped.available()
+    monkeypatch.setenv("SEER_TF_NATIVE_GROUPED_CONV", "1")
     assert ok(tf.float32, 48, 48, 3, 2, 6)
     assert not ok(tf.bfloat16, 48, 48, 3, 2, 6)
     assert not ok(tf.float32, 48, 48, 3, 1, 1)

@@ -3,12 +3,14 @@
     python tools/grouped_conv_compare.py [--preset regnet_y_400mf] [--crops 2x224,4x96]
                                          [--batch 32] [--repeats 5]
 
-Why: `seer_tf.models.blocks._native_grouped_conv` picks the native op on CPUs without AVX-512
-from this comparison; run it on a new CPU family before changing that rule. For every grouped
+Why: `seer_tf.models.blocks._native_grouped_conv` uses the native op on every CPU because of
+this comparison (AVX2 and AVX-512 EPYCs); run it on a new CPU family to check that rule. For every grouped
 convolution shape of one SwAV step (the preset's b convolutions at each crop resolution, counted
 as often as the step runs them) it times, in one process and alternating the two sides: the
 forward, and the forward's two gradients (oneDNN: Conv2DBackpropInput + Conv2DBackpropFilter on
-the PyTorch-padded input; native: its one gradient op). Prints JSON: per shape the best of
+the PyTorch-padded input; native: its one gradient op), the native op with its widest kernels
+(`native`: 512-bit ones for group width 8 on AVX-512 builds) and with its 256-bit ones
+(`native256`; the same kernels on AVX2). Prints JSON: per shape the best of
 `--repeats` milliseconds and GFLOP/s of each side, and the step totals.
 """
 
@@ -73,14 +75,21 @@ def compare(n, h, c, stride, group_width, repeats):
         tf.raw_ops.Conv2DBackpropFilter(input=xp, filter_sizes=tf.shape(k), out_backprop=dy,
                                         strides=strides, padding="VALID")))
     lib = native_grouped.native.load()
-    native_fwd = tf.function(lambda x, k: lib.seer_grouped_conv3x3(x=x, kernel=k, stride=stride))
-    native_bwd = tf.function(lambda dy, x, k: lib.seer_grouped_conv3x3_grad(
-        dy=dy, x=x, kernel=k, stride=stride))
+    def native_fwd(bits):
+        return tf.function(lambda x, k: lib.seer_grouped_conv3x3(
+            x=x, kernel=k, stride=stride, vector_bits=bits))
+
+    def native_bwd(bits):
+        return tf.function(lambda dy, x, k: lib.seer_grouped_conv3x3_grad(
+            dy=dy, x=x, kernel=k, stride=stride, vector_bits=bits))
+
     flop = 2 * n * ho * ho * c * 9 * group_width
     ms = {"onednn_forward": _best(onednn_fwd, (xp, k), repeats),
-          "native_forward": _best(native_fwd, (x, k), repeats),
+          "native_forward": _best(native_fwd(0), (x, k), repeats),
+          "native256_forward": _best(native_fwd(256), (x, k), repeats),
           "onednn_backward": _best(onednn_bwd, (dy, xp, k), repeats),
-          "native_backward": _best(native_bwd, (dy, x, k), repeats)}
+          "native_backward": _best(native_bwd(0), (dy, x, k), repeats),
+          "native256_backward": _best(native_bwd(256), (dy, x, k), repeats)}
     row = {"shape": [n, h, h, c], "stride": stride, "group_width": group_width}
     for key, seconds in ms.items():
         row[key + "_ms"] = round(seconds * 1e3, 2)
@@ -98,20 +107,24 @@ def main(argv=None):
     if not native_grouped.available():
         sys.exit("the native ops did not build here (see the warning above)")
     rows, totals = [], {}
+    ms_keys = [f"{side}_{way}" for side in ("onednn", "native", "native256")
+               for way in ("forward", "backward")]
     for n, h, c, stride, count, gw in step_shapes(args.preset, args.crops, args.batch):
         if gw % 8:
             continue
         row = compare(n, h, c, stride, gw, args.repeats)
         row["per_step"] = count
         rows.append(row)
-        for key in ("onednn_forward", "native_forward", "onednn_backward", "native_backward"):
+        for key in ms_keys:
             totals[key + "_ms"] = round(totals.get(key + "_ms", 0) + count * row[key + "_ms"], 1)
         print(json.dumps(row), file=sys.stderr, flush=True)
     onednn = totals["onednn_forward_ms"] + totals["onednn_backward_ms"]
     native = totals["native_forward_ms"] + totals["native_backward_ms"]
+    native256 = totals["native256_forward_ms"] + totals["native256_backward_ms"]
     print(json.dumps({"machine": cpu.describe(), "preset": args.preset, "crops": args.crops,
                       "batch": args.batch, "step_totals": totals,
-                      "native_speedup": round(onednn / native, 2), "shapes": rows}, indent=1))
+                      "native_speedup": round(onednn / native, 2),
+                      "native256_speedup": round(onednn / native256, 2), "shapes": rows}, indent=1))
 
 
 if __name__ == "__main__":

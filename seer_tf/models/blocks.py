@@ -146,22 +146,22 @@ def _native_grouped_conv(dtype, in_channels: int, filters: int, kernel_size: int
     """Whether a training-mode grouped 3x3 convolution runs as seer_tf's native CPU op
     (`seer_tf.ops.grouped_conv`: float32, group width a multiple of 8, C_out = C_in, stride 1/2).
 
-    Why only on CPUs without AVX-512: on a 2-core AVX2 EPYC oneDNN 3.7 runs RegNetY-400MF's
-    group-width-8 convolutions at 10-35 GFLOP/s forward and 8-41 backward (its stride-2
-    backward-data kernel is the slowest: 64x28x28x208 forward+backward 94-141 ms); the native
-    kernels do the step's grouped convolutions (2x224 + 4x96 crops, batch 32, forward + both
-    gradients) in 0.58 s against oneDNN's 1.25 s (`tools/grouped_conv_compare.py`), and the
-    step gains 24% (A/B). They use 256-bit vectors only; on AVX-512 CPUs they were not measured
-    against oneDNN's own kernels, so those keep oneDNN until someone runs that tool there.
-    SEER_TF_NATIVE_GROUPED_CONV=1 forces the native op on any CPU (to measure), =0 turns it off.
+    Why: with group width 8 (RegNetY-400MF) oneDNN 3.7 runs these convolutions far below the FMA
+    peak, on AVX2 and AVX-512 alike (its stride-2 backward-data kernel is the slowest:
+    64x112x112x48 forward+backward 128 ms on a 2-core AVX-512 EPYC, 60 native). The step's grouped
+    convolutions (2x224 + 4x96 crops, batch 32, forward + both gradients,
+    `tools/grouped_conv_compare.py`): 2-core AVX2 EPYC oneDNN 1.25 s, native 0.58 s; 2-core
+    AVX-512 EPYC (Zen 5) 0.76 s vs 0.45 s. The fp32 step gains 24% on both (interleaved A/B).
+    AMX Xeons were not measured with it, but oneDNN's times there on the shapes measured
+    (64x112x112x48 103 ms, 64x56x56x104 55, 64x28x28x208 27) match the Zen 5's (128, 64, 33),
+    where the native op wins 1.4-2.1x, so it is on there too.
+    SEER_TF_NATIVE_GROUPED_CONV=0 turns it off (=1 forces it, for tests and measurements).
     Inference keeps tf.nn.conv2d, so exported SavedModels hold only TensorFlow ops.
     """
     choice = os.environ.get("SEER_TF_NATIVE_GROUPED_CONV", "auto")
     if (choice == "0" or dtype != tf.float32 or _accelerator_present() or kernel_size != 3
             or strides not in (1, 2) or groups < 2 or in_channels != filters
             or (in_channels // groups) % 8):
-        return False
-    if choice != "1" and cpu.has_avx512():
         return False
     return native_grouped.available()
 

@@ -36,6 +36,7 @@ REGISTER_OP("SeerGroupedConv3x3")
     .Input("kernel: float")  // (3, 3, cg, C), TF's grouped layout
     .Output("y: float")      // (N, (H - 1) / s + 1, (W - 1) / s + 1, C)
     .Attr("stride: int")
+    .Attr("vector_bits: int = 0")  // 0: the widest the build has; 256: AVX2-width (tests)
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       int stride;
       TF_RETURN_IF_ERROR(c->GetAttr("stride", &stride));
@@ -63,6 +64,7 @@ REGISTER_OP("SeerGroupedConv3x3Grad")
     .Output("dx: float")
     .Output("dkernel: float")
     .Attr("stride: int")
+    .Attr("vector_bits: int = 0")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       c->set_output(0, c->input(1));
       c->set_output(1, c->input(2));
@@ -72,32 +74,85 @@ REGISTER_OP("SeerGroupedConv3x3Grad")
 namespace {
 
 typedef float v8 __attribute__((vector_size(32)));
-inline v8 LoadV(const float* p) {
-  v8 v;
+typedef float v16 __attribute__((vector_size(64)));
+typedef int64_t v8q __attribute__((vector_size(64)));
+template <typename T>
+inline T LoadT(const float* p) {
+  T v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-inline void StoreV(float* p, v8 v) { std::memcpy(p, &v, sizeof(v)); }
+template <typename T>
+inline void StoreT(float* p, T v) { std::memcpy(p, &v, sizeof(v)); }
 constexpr v8 kZero = {0, 0, 0, 0, 0, 0, 0, 0};
 
-// Packed rows: an input row as [slice of 8 channels][column][8] (all C / 8 slices), column 0
-// holding input column -1 and zeros past the row's end, so tiles never test for the border
-// (PyTorch's zero padding) and read their broadcasts at constant offsets from one pointer.
-// A row is packed in one sequential pass over its pixels (all groups at once): packing group by
-// group read 32 of every C * 4 bytes per pass and stalled on the misses (38% of the kernel
-// gradient's time, perf).
-// dst: [C / 8][L][8]; columns [lead, lead + w_in) hold the row, the rest of [0, L) zeros.
-inline void PackRow(float* dst, const float* src, int64_t C, int64_t w_in, int64_t L, int64_t lead) {
-  const int64_t slices = C / 8;
-  for (int64_t sl = 0; sl < slices; ++sl) {
-    float* d = dst + sl * L * 8;
-    for (int64_t c = 0; c < lead; ++c) StoreV(d + c * 8, kZero);
-    for (int64_t c = lead + w_in; c < L; ++c) StoreV(d + c * 8, kZero);
+// Vector layouts. A block is the set of output channels one accumulator holds; packed rows hold
+// kCol floats per column and block, and an input value is broadcast from kIStep-apart floats.
+// Y8: one 8-channel slice per 256-bit vector, any group width that is a multiple of 8; packed
+//     rows are [slice][column][8] and a broadcast is one float.
+// Z16: group width 8 on AVX-512 builds: two groups per 512-bit vector with their lanes
+//     interleaved (A0, B0, A1, B1, ...), so that one 64-bit broadcast of (xA[i], xB[i]) feeds
+//     16 lanes of both groups' outputs: twice the work per broadcast and per FMA of Y8. Packed
+//     rows are [pair of slices][column][8][2] (a zero slice after an odd last one); outputs are
+//     de-interleaved as they are stored.
+struct Y8 {
+  using T = v8;
+  static constexpr int kWidth = 8, kCol = 8, kIStep = 1;
+  static int64_t Blocks(int64_t C) { return C / 8; }
+  static float Bcast(const float* p) { return *p; }
+  static T Load(const float* p) { return LoadT<T>(p); }
+  // n (<= kWidth) channels in natural order <-> an accumulator (n is always 8 here)
+  static T LoadNat(const float* p, int64_t) { return LoadT<T>(p); }
+  static void StoreNat(float* p, T v, int64_t) { StoreT(p, v); }
+  // Where block b's inputs start in a packed row: its group's first slice.
+  static int64_t InputBlock(int64_t b, int64_t cg, int64_t L) { return (b * 8 / cg) * cg * L; }
+  static int64_t Channel(int64_t b, int q) { return b * 8 + q; }  // lane q's channel
+};
+struct Z16 {
+  using T = v16;
+  static constexpr int kWidth = 16, kCol = 16, kIStep = 2;
+  static int64_t Blocks(int64_t C) { return (C + 15) / 16; }
+  static T Bcast(const float* p) {  // as 64-bit integers: bit-exact (a double could be a
+    int64_t q;                        // denormal, flushed to zero, or a NaN, quieted)
+    std::memcpy(&q, p, sizeof(q));
+    return (T)(v8q{} + q);
+  }
+  static T Load(const float* p) { return LoadT<T>(p); }
+  static T LoadNat(const float* p, int64_t n) {
+    const v8 a = LoadT<v8>(p), b = n > 8 ? LoadT<v8>(p + 8) : kZero;
+    return __builtin_shufflevector(a, b, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+  }
+  static void StoreNat(float* p, T v, int64_t n) {
+    const v8 a = __builtin_shufflevector(v, v, 0, 2, 4, 6, 8, 10, 12, 14);
+    StoreT(p, a);
+    if (n > 8) {
+      const v8 b = __builtin_shufflevector(v, v, 1, 3, 5, 7, 9, 11, 13, 15);
+      StoreT(p + 8, b);
+    }
+  }
+  static int64_t InputBlock(int64_t b, int64_t, int64_t L) { return b * L * 16; }
+  static int64_t Channel(int64_t b, int q) { return b * 16 + (q % 2) * 8 + q / 2; }
+};
+
+// Packed rows: an input row as V's blocks of columns (all of them), column 0 holding input
+// column -1 and zeros past the row's end, so tiles never test for the border (PyTorch's zero
+// padding) and read their broadcasts at constant offsets from one pointer. A row is packed in
+// one sequential pass over its pixels (all groups at once): packing group by group read 32 of
+// every C * 4 bytes per pass and stalled on the misses (38% of the kernel gradient's time, perf).
+// dst: [Blocks(C)][L][kCol]; columns [lead, lead + w_in) hold the row, the rest of [0, L) zeros.
+template <typename V>
+void PackRow(float* dst, const float* src, int64_t C, int64_t w_in, int64_t L, int64_t lead) {
+  const int64_t blocks = V::Blocks(C);
+  for (int64_t b = 0; b < blocks; ++b) {
+    float* d = dst + b * L * V::kCol;
+    for (int64_t c = 0; c < lead; ++c) StoreT(d + c * V::kCol, typename V::T{});
+    for (int64_t c = lead + w_in; c < L; ++c) StoreT(d + c * V::kCol, typename V::T{});
   }
   for (int64_t m = 0; m < w_in; ++m) {
     const float* p = src + m * C;
-    float* d = dst + (lead + m) * 8;
-    for (int64_t sl = 0; sl < slices; ++sl) StoreV(d + sl * L * 8, LoadV(p + sl * 8));
+    float* d = dst + (lead + m) * V::kCol;
+    for (int64_t b = 0; b < blocks; ++b)
+      StoreT(d + b * L * V::kCol, V::LoadNat(p + b * V::kWidth, C - b * V::kWidth));
   }
 }
 
@@ -121,44 +176,47 @@ struct Cols {
 
 // Input n of the tile's sweep; inputs are taken from both halves in turn (0, h, 1, h + 1, ...)
 // so that consecutive FMAs go to different accumulators (independent dependency chains).
-template <int MODE, int P, int N>
-inline __attribute__((always_inline)) void Feed(v8* acc, const float* in, v8 w0, v8 w1, v8 w2) {
+template <typename V, int MODE, int P, int N>
+inline __attribute__((always_inline)) void Feed(typename V::T* acc, const float* in, typename V::T w0,
+                                                typename V::T w1, typename V::T w2) {
   using K = Cols<MODE, P>;
   constexpr int half = (K::kInputs + 1) / 2;
   constexpr int m = N % 2 == 0 ? N / 2 : half + N / 2;
   constexpr int j0 = K::target(m, 0), j1 = K::target(m, 1), j2 = K::target(m, 2);
-  const float x = in[m * 8];
+  const auto x = V::Bcast(in + m * V::kCol);
   if constexpr (j0 >= 0) acc[j0] += x * w0;
   if constexpr (j1 >= 0) acc[j1] += x * w1;
   if constexpr (j2 >= 0) acc[j2] += x * w2;
 }
 
-template <int MODE, int P, int... N>
-inline __attribute__((always_inline)) void FeedAll(std::integer_sequence<int, N...>, v8* acc,
-                                                   const float* in, v8 w0, v8 w1, v8 w2) {
-  (Feed<MODE, P, N>(acc, in, w0, w1, w2), ...);
+template <typename V, int MODE, int P, int... N>
+inline __attribute__((always_inline)) void FeedAll(std::integer_sequence<int, N...>, typename V::T* acc,
+                                                   const float* in, typename V::T w0, typename V::T w1,
+                                                   typename V::T w2) {
+  (Feed<V, MODE, P, N>(acc, in, w0, w1, w2), ...);
 }
 
-// out[j * out_step + 0..8], j < valid, for the tile at k0. prow[r]: packed input row r;
-// wrow[r]: its weights packed as [input-role channel][tx][8].
-template <int MODE, int P>
+// out[j * out_step + 0..nch], j < valid, for the tile at k0. prow[r]: the block's inputs in
+// packed input row r; wrow[r]: its weights packed as [input-role channel][tx][kWidth].
+template <typename V, int MODE, int P>
 void RowTile(const float* const* prow, const float* const* wrow, int nrows, int slices, int64_t L,
-             int64_t k0, float* out, int64_t out_step, int64_t valid) {
+             int64_t k0, float* out, int64_t out_step, int64_t valid, int64_t nch) {
   using K = Cols<MODE, P>;
-  v8 acc[P];
-  for (int j = 0; j < P; ++j) acc[j] = kZero;
+  constexpr int kW = V::kWidth;
+  typename V::T acc[P];
+  for (int j = 0; j < P; ++j) acc[j] = typename V::T{};
   const int64_t pc = K::pc(k0);
   for (int r = 0; r < nrows; ++r) {
     for (int sl = 0; sl < slices; ++sl) {
-      const float* in = prow[r] + (sl * L + pc) * 8;
-      const float* w = wrow[r] + sl * 8 * 24;
-      for (int i = 0; i < 8; ++i, ++in, w += 24) {
-        const v8 w0 = LoadV(w), w1 = LoadV(w + 8), w2 = LoadV(w + 16);
-        FeedAll<MODE, P>(std::make_integer_sequence<int, K::kInputs>{}, acc, in, w0, w1, w2);
+      const float* in = prow[r] + (sl * L + pc) * V::kCol;
+      const float* w = wrow[r] + sl * 8 * 3 * kW;
+      for (int i = 0; i < 8; ++i, in += V::kIStep, w += 3 * kW) {
+        const auto w0 = V::Load(w), w1 = V::Load(w + kW), w2 = V::Load(w + 2 * kW);
+        FeedAll<V, MODE, P>(std::make_integer_sequence<int, K::kInputs>{}, acc, in, w0, w1, w2);
       }
     }
   }
-  for (int j = 0; j < P && j < valid; ++j) StoreV(out + j * out_step, acc[j]);
+  for (int j = 0; j < P && j < valid; ++j) V::StoreNat(out + j * out_step, acc[j], nch);
 }
 
 // The tiles of a row of K outputs, fn(P, k0, valid). P is 4, 6, 8 or 10 (10 accumulators + 3
@@ -192,13 +250,13 @@ int64_t Reach(int64_t K, int64_t w_in) {
   return reach;
 }
 
-// Outputs 0 .. K-1 of one row, 8 channels (out_step apart).
-template <int MODE>
+// Outputs 0 .. K-1 of one row, nch channels (out_step apart).
+template <typename V, int MODE>
 void RowSweep(const float* const* prow, const float* const* wrow, int nrows, int slices, int64_t L,
-              int64_t K, float* out, int64_t out_step) {
+              int64_t K, float* out, int64_t out_step, int64_t nch) {
   Tiles(K, [&](auto P, int64_t k0, int64_t valid) {
-    RowTile<MODE, decltype(P)::value>(prow, wrow, nrows, slices, L, k0, out + k0 * out_step,
-                                      out_step, valid);
+    RowTile<V, MODE, decltype(P)::value>(prow, wrow, nrows, slices, L, k0, out + k0 * out_step,
+                                         out_step, valid, nch);
   });
 }
 
@@ -223,22 +281,26 @@ void ReadGeometry(OpKernelContext* ctx, const Tensor& x, const Tensor& k, int s,
   g->Ho = g->H > 0 ? (g->H - 1) / s + 1 : 0, g->Wo = g->W > 0 ? (g->W - 1) / s + 1 : 0;
 }
 
-// Kernel (3, 3, cg, C) repacked per 8-channel output block b as [ty][input-role c < cg][tx][8].
-// transposed: the input gradient's roles (its outputs are x's channels, its inputs dy's), with
-// the taps flipped (flip) for the stride-1 gradient, which then runs as a forward convolution.
+// Kernel (3, 3, cg, C) repacked per output block b as [ty][input-role c < cg][tx][kWidth] (lane
+// q holds channel V::Channel(b, q); zeros past C). transposed: the input gradient's roles (its
+// outputs are x's channels, its inputs dy's), with the taps flipped (flip) for the stride-1
+// gradient, which then runs as a forward convolution.
+template <typename V>
 std::vector<float> PackKernel(const Geometry& g, const float* w, bool transposed, bool flip) {
-  std::vector<float> p((g.C / 8) * 3 * g.cg * 24);
-  for (int64_t b = 0; b < g.C / 8; ++b)
+  constexpr int kW = V::kWidth;
+  std::vector<float> p(V::Blocks(g.C) * 3 * g.cg * 3 * kW, 0.0f);
+  for (int64_t b = 0; b < V::Blocks(g.C); ++b)
     for (int ty = 0; ty < 3; ++ty)
       for (int64_t c = 0; c < g.cg; ++c)
         for (int tx = 0; tx < 3; ++tx)
-          for (int l = 0; l < 8; ++l) {
-            const int64_t lane = b * 8 + l, base = lane - lane % g.cg;
+          for (int q = 0; q < kW; ++q) {
+            const int64_t lane = V::Channel(b, q), base = lane - lane % g.cg;
+            if (lane >= g.C) continue;
             const int t = flip ? (2 - ty) * 3 + (2 - tx) : ty * 3 + tx;
             // forward: w[t, c, lane]; transposed: w[t, lane's place in its group, base + c]
             const float v = transposed ? w[(t * g.cg + lane % g.cg) * g.C + base + c]
                                        : w[(t * g.cg + c) * g.C + lane];
-            p[(((b * 3 + ty) * g.cg + c) * 3 + tx) * 8 + l] = v;
+            p[(((b * 3 + ty) * g.cg + c) * 3 + tx) * kW + q] = v;
           }
   return p;
 }
@@ -251,84 +313,90 @@ float* Scratch(int64_t floats) {
 }
 
 // Forward and input gradient: one unit = one output row of one image, all groups. The (up to 3)
-// input rows are packed once for all groups, then each 8-channel output block sweeps the row.
+// input rows are packed once for all groups, then each output block sweeps the row.
 // rows(oy, ty) gives the input row read through kernel row ty (or -1).
-template <int MODE, typename RowOf>
+template <typename V, int MODE, typename RowOf>
 void Sweep(OpKernelContext* ctx, const Geometry& g, int64_t h_in, int64_t w_in, int64_t h_out,
            int64_t w_out, const float* in, const float* wp, float* out, RowOf rows) {
-  const int64_t groups = g.C / g.cg, L = Reach<MODE>(w_out, w_in);
+  const int64_t blocks = V::Blocks(g.C), L = Reach<MODE>(w_out, w_in), row = blocks * L * V::kCol;
   const int slices = g.slices();
   Shard(ctx, g.N * h_out, w_out * g.C * 9 * g.cg * 2 / (MODE == 2 ? 4 : 1), [&](int64_t u) {
     const int64_t n = u / h_out, oy = u % h_out;
-    float* packed = Scratch(3 * g.C * L);
+    float* packed = Scratch(3 * row);
     const float* prow_all[3];
     int tys[3], nr = 0;
     for (int ty = 0; ty < 3; ++ty) {
       const int64_t iy = rows(oy, ty);
       if (iy < 0) continue;
-      float* dst = packed + nr * g.C * L;
-      PackRow(dst, in + ((n * h_in + iy) * w_in) * g.C, g.C, w_in, L, 1);
+      float* dst = packed + nr * row;
+      PackRow<V>(dst, in + ((n * h_in + iy) * w_in) * g.C, g.C, w_in, L, 1);
       prow_all[nr] = dst;
       tys[nr++] = ty;
     }
-    for (int64_t gi = 0; gi < groups; ++gi) {
-      const int64_t ch = gi * g.cg;
+    for (int64_t b = 0; b < blocks; ++b) {
       const float* prow[3];
-      for (int r = 0; r < nr; ++r) prow[r] = prow_all[r] + ch * L;  // the group's first slice
-      for (int64_t ob = 0; ob < g.cg; ob += 8) {
-        const int64_t b = (ch + ob) / 8;
-        const float* wrow[3];
-        for (int r = 0; r < nr; ++r) wrow[r] = wp + (b * 3 + tys[r]) * g.cg * 24;
-        float* o = out + ((n * h_out + oy) * w_out) * g.C + ch + ob;
-        RowSweep<MODE>(prow, wrow, nr, slices, L, w_out, o, g.C);
+      const float* wrow[3];
+      for (int r = 0; r < nr; ++r) {
+        prow[r] = prow_all[r] + V::InputBlock(b, g.cg, L);
+        wrow[r] = wp + (b * 3 + tys[r]) * g.cg * 3 * V::kWidth;
       }
+      float* o = out + ((n * h_out + oy) * w_out) * g.C + b * V::kWidth;
+      RowSweep<V, MODE>(prow, wrow, nr, slices, L, w_out, o, g.C,
+                        std::min<int64_t>(V::kWidth, g.C - b * V::kWidth));
     }
   });
 }
 
-void Forward(OpKernelContext* ctx, const Geometry& g, const float* x, const float* wp, float* y) {
+template <typename V>
+void Forward(OpKernelContext* ctx, const Geometry& g, const float* x, const float* w, float* y) {
+  const std::vector<float> wp = PackKernel<V>(g, w, /*transposed=*/false, /*flip=*/false);
   auto rows = [&](int64_t oy, int ty) {
     const int64_t iy = g.s * oy + ty - 1;
     return iy >= 0 && iy < g.H ? iy : int64_t{-1};
   };
   if (g.s == 1) {
-    Sweep<0>(ctx, g, g.H, g.W, g.Ho, g.Wo, x, wp, y, rows);
+    Sweep<V, 0>(ctx, g, g.H, g.W, g.Ho, g.Wo, x, wp.data(), y, rows);
   } else {
-    Sweep<1>(ctx, g, g.H, g.W, g.Ho, g.Wo, x, wp, y, rows);
+    Sweep<V, 1>(ctx, g, g.H, g.W, g.Ho, g.Wo, x, wp.data(), y, rows);
   }
 }
 
 // dx row qy reads dy row qy + ty - 1 through the flipped kernel (stride 1), or dy row
 // (qy + 1 - ty) / 2 where that is whole (stride 2).
-void GradInput(OpKernelContext* ctx, const Geometry& g, const float* dy, const float* wp, float* dx) {
+template <typename V>
+void GradInput(OpKernelContext* ctx, const Geometry& g, const float* dy, const float* w, float* dx) {
+  const std::vector<float> wp = PackKernel<V>(g, w, /*transposed=*/true, /*flip=*/g.s == 1);
   if (g.s == 1) {
-    Sweep<0>(ctx, g, g.Ho, g.Wo, g.H, g.W, dy, wp, dx, [&](int64_t qy, int ty) {
+    Sweep<V, 0>(ctx, g, g.Ho, g.Wo, g.H, g.W, dy, wp.data(), dx, [&](int64_t qy, int ty) {
       const int64_t py = qy + ty - 1;
       return py >= 0 && py < g.Ho ? py : int64_t{-1};
     });
   } else {
-    Sweep<2>(ctx, g, g.Ho, g.Wo, g.H, g.W, dy, wp, dx, [&](int64_t qy, int ty) {
+    Sweep<V, 2>(ctx, g, g.Ho, g.Wo, g.H, g.W, dy, wp.data(), dx, [&](int64_t qy, int ty) {
       const int64_t t = qy + 1 - ty;
       return t >= 0 && t % 2 == 0 && t / 2 < g.Ho ? t / 2 : int64_t{-1};
     });
   }
 }
 
-// dW[ty, tx, i, o] over one packed x row (NI of an input slice's channels) and one packed dy
-// row (an output slice): acc[tx][i] += x[s*k + tx - 1, i] dy[k]. At stride 1 each x column
-// pairs with 3 dy columns (a sliding window of 3 dy vectors in registers); at stride 2 even
-// columns pair with two, odd ones with one. NI = 3: 9 accumulators + 3 dy + 1 broadcast fit the
-// 16 ymm registers without spills, and 9 independent chains cover the FMA latency.
-template <int S, int NI>
-inline __attribute__((always_inline)) void KernelRow(v8 (&acc)[3][3], const float* xp,
+// dW[ty, tx, i, o] over one packed x row (NI input-role channels) and one packed dy row (an
+// output block): acc[tx][i] += x[s*k + tx - 1, i] dy[k]. At stride 1 each x column pairs with 3
+// dy columns (a sliding window of 3 dy vectors in registers); at stride 2 even columns pair with
+// two, odd ones with one. Y8 takes NI = 3: 9 accumulators + 3 dy + 1 broadcast fit the 16 ymm
+// registers of AVX2 without spills, and 9 independent chains cover the FMA latency; Z16 takes
+// NI = 8 (24 of AVX-512's 32 registers), so each dy vector feeds 24 FMAs.
+template <typename V, int S, int NI>
+inline __attribute__((always_inline)) void KernelRow(typename V::T (&acc)[3][NI], const float* xp,
                                                      const float* dyp, int64_t w_out) {
+  using T = typename V::T;
+  constexpr int kC = V::kCol, kI = V::kIStep;
   if (S == 1) {
-    v8 d1 = kZero, d2 = kZero;  // dy[c - 1], dy[c - 2]: x column c (packed) pairs with dy c, c-1, c-2
+    T d1 = T{}, d2 = T{};  // dy[c - 1], dy[c - 2]: x column c (packed) pairs with dy c, c-1, c-2
     for (int64_t c = 0; c < w_out + 2; ++c) {
-      const v8 d0 = c < w_out ? LoadV(dyp + c * 8) : kZero;
-      const float* x = xp + c * 8;
+      const T d0 = c < w_out ? V::Load(dyp + c * kC) : T{};
+      const float* x = xp + c * kC;
       for (int i = 0; i < NI; ++i) {
-        const float b = x[i];
+        const auto b = V::Bcast(x + i * kI);
         acc[0][i] += b * d0;
         acc[1][i] += b * d1;
         acc[2][i] += b * d2;
@@ -337,12 +405,12 @@ inline __attribute__((always_inline)) void KernelRow(v8 (&acc)[3][3], const floa
       d1 = d0;
     }
   } else {
-    v8 dprev = kZero;  // packed x columns 2k, 2k + 1, 2k + 2 pair with dy[k] through tx 0, 1, 2
+    T dprev = T{};  // packed x columns 2k, 2k + 1, 2k + 2 pair with dy[k] through tx 0, 1, 2
     for (int64_t k = 0; k <= w_out; ++k) {
-      const v8 d = k < w_out ? LoadV(dyp + k * 8) : kZero;
-      const float* x0 = xp + 2 * k * 8;
+      const T d = k < w_out ? V::Load(dyp + k * kC) : T{};
+      const float* x0 = xp + 2 * k * kC;
       for (int i = 0; i < NI; ++i) {
-        const float b0 = x0[i], b1 = x0[8 + i];
+        const auto b0 = V::Bcast(x0 + i * kI), b1 = V::Bcast(x0 + kC + i * kI);
         acc[0][i] += b0 * d;
         acc[2][i] += b0 * dprev;
         acc[1][i] += b1 * d;
@@ -352,30 +420,32 @@ inline __attribute__((always_inline)) void KernelRow(v8 (&acc)[3][3], const floa
   }
 }
 
-// All rows of a unit into dW[ty, :, si*8 + i0 .. + NI, ch + so*8 .. + 8] (accumulators in registers).
-template <int S, int NI>
+// All rows of a unit into dW[ty, :, i0 .. i0 + NI, the block's nch channels] (accumulators in
+// registers; dst points at tx = 0, i0).
+template <typename V, int S, int NI>
 void KernelBlock(float* dst, int64_t cg, int64_t C, const float* const* xrows, const float* const* drows,
-                 int nrows, int64_t w_out) {
-  v8 acc[3][3];
+                 int nrows, int64_t w_out, int64_t nch) {
+  typename V::T acc[3][NI];
   for (int tx = 0; tx < 3; ++tx)
-    for (int i = 0; i < NI; ++i) acc[tx][i] = LoadV(dst + (tx * cg + i) * C);
-  for (int r = 0; r < nrows; ++r) KernelRow<S, NI>(acc, xrows[r], drows[r], w_out);
+    for (int i = 0; i < NI; ++i) acc[tx][i] = V::LoadNat(dst + (tx * cg + i) * C, nch);
+  for (int r = 0; r < nrows; ++r) KernelRow<V, S, NI>(acc, xrows[r], drows[r], w_out);
   for (int tx = 0; tx < 3; ++tx)
-    for (int i = 0; i < NI; ++i) StoreV(dst + (tx * cg + i) * C, acc[tx][i]);
+    for (int i = 0; i < NI; ++i) V::StoreNat(dst + (tx * cg + i) * C, acc[tx][i], nch);
 }
 
 // Kernel gradient: units of (image, block of output rows), in a few shards with their own
 // partial sums (summed at the end). Per unit the dy rows and the x rows they read are packed
-// once (all groups); every (ty, input slice, 3 channels, output slice) keeps its 3 x 3
-// accumulators in registers over the whole block.
+// once (all groups); every (ty, output block, input roles) keeps its accumulators in registers
+// over the whole block of rows: Y8 pairs each input slice of a group with each output slice,
+// three input channels at a time; Z16 (group width 8) takes a pair of groups and all 8 inputs.
+template <typename V>
 void GradKernel(OpKernelContext* ctx, const Geometry& g, const float* dy, const float* x, float* dw) {
-  const int64_t groups = g.C / g.cg, kw = 9 * g.cg * g.C;
-  const int slices = g.slices();
+  const int64_t blocks = V::Blocks(g.C), Cp = blocks * V::kCol, kw = 9 * g.cg * g.C;
   // x columns read: -1 .. s * Wo (packed 0 .. s * Wo + 1)
   const int64_t Lx = std::max(g.W + 1, g.s * g.Wo + 2), Ld = g.Wo;
   // Rows per unit: >= 48 dy pixels (the accumulators' loads and stores amortized) while the
   // packed rows stay within ~256 KB (L2).
-  const int64_t fit = (65536 / g.C - 2 * Lx) / (g.s * Lx + Ld);
+  const int64_t fit = (65536 / Cp - 2 * Lx) / (g.s * Lx + Ld);
   const int64_t rows = std::max<int64_t>(1, std::min<int64_t>({g.Ho, (48 + g.Wo - 1) / g.Wo, 64, fit}));
   const int64_t per_image = (g.Ho + rows - 1) / rows, units = g.N * per_image;
   const int64_t x_rows = g.s * rows + 2;
@@ -384,45 +454,60 @@ void GradKernel(OpKernelContext* ctx, const Geometry& g, const float* dy, const 
   std::vector<float> partial(shards * kw, 0.0f);
   Shard(ctx, shards, units / shards * rows * g.Wo * kw * 2, [&](int64_t sh) {
     float* acc_out = &partial[sh * kw];
-    float* xpk = Scratch((x_rows * Lx + rows * Ld) * g.C);  // [row][C / 8][L][8] each
-    float* dpk = xpk + x_rows * Lx * g.C;
+    float* xpk = Scratch((x_rows * Lx + rows * Ld) * Cp);  // [row][blocks][L][kCol] each
+    float* dpk = xpk + x_rows * Lx * Cp;
     for (int64_t u = units * sh / shards, u1 = units * (sh + 1) / shards; u < u1; ++u) {
       const int64_t n = u / per_image, oy0 = (u % per_image) * rows;
       const int64_t oy1 = std::min(g.Ho, oy0 + rows), iy0 = g.s * oy0 - 1;
       for (int64_t r = 0; r < oy1 - oy0; ++r)
-        PackRow(dpk + r * Ld * g.C, dy + ((n * g.Ho + oy0 + r) * g.Wo) * g.C, g.C, g.Wo, Ld, 0);
+        PackRow<V>(dpk + r * Ld * Cp, dy + ((n * g.Ho + oy0 + r) * g.Wo) * g.C, g.C, g.Wo, Ld, 0);
       const int64_t nx = std::min(x_rows, g.s * (oy1 - oy0 - 1) + 3);
       for (int64_t r = 0; r < nx; ++r) {
         const int64_t iy = iy0 + r;
-        if (iy >= 0 && iy < g.H) PackRow(xpk + r * Lx * g.C, x + ((n * g.H + iy) * g.W) * g.C, g.C, g.W, Lx, 1);
+        if (iy >= 0 && iy < g.H) PackRow<V>(xpk + r * Lx * Cp, x + ((n * g.H + iy) * g.W) * g.C, g.C, g.W, Lx, 1);
       }
-      for (int64_t gi = 0; gi < groups; ++gi) {
-        const int64_t ch = gi * g.cg;
-        for (int ty = 0; ty < 3; ++ty) {
-          const float* xrows[64];
-          const float* drows[64];
-          for (int si = 0; si < slices; ++si)
-            for (int so = 0; so < slices; ++so) {
-              int nr = 0;
-              for (int64_t r = 0; r < oy1 - oy0; ++r) {
-                const int64_t iy = g.s * (oy0 + r) + ty - 1;
-                if (iy < 0 || iy >= g.H) continue;
-                xrows[nr] = xpk + (iy - iy0) * Lx * g.C + (ch + si * 8) * Lx;
-                drows[nr++] = dpk + r * Ld * g.C + (ch + so * 8) * Ld;
-              }
-              for (int i0 = 0; i0 < 8; i0 += 3) {  // channels {0, 1, 2}, {3, 4, 5}, {6, 7}
-                float* dst = acc_out + ((ty * 3) * g.cg + si * 8 + i0) * g.C + ch + so * 8;
-                const float* xs[64];
-                for (int r = 0; r < nr; ++r) xs[r] = xrows[r] + i0;
-                if (g.s == 1) {
-                  if (i0 < 6) KernelBlock<1, 3>(dst, g.cg, g.C, xs, drows, nr, g.Wo);
-                  else KernelBlock<1, 2>(dst, g.cg, g.C, xs, drows, nr, g.Wo);
-                } else {
-                  if (i0 < 6) KernelBlock<2, 3>(dst, g.cg, g.C, xs, drows, nr, g.Wo);
-                  else KernelBlock<2, 2>(dst, g.cg, g.C, xs, drows, nr, g.Wo);
+      for (int ty = 0; ty < 3; ++ty) {
+        const float* xr[64];  // the unit's (x row, dy row) pairs through kernel row ty
+        const float* dr[64];
+        int nr = 0;
+        for (int64_t r = 0; r < oy1 - oy0; ++r) {
+          const int64_t iy = g.s * (oy0 + r) + ty - 1;
+          if (iy < 0 || iy >= g.H) continue;
+          xr[nr] = xpk + (iy - iy0) * Lx * Cp;
+          dr[nr++] = dpk + r * Ld * Cp;
+        }
+        const float* xs[64];
+        const float* ds[64];
+        if constexpr (std::is_same_v<V, Y8>) {
+          const int slices = g.slices();
+          for (int64_t ch = 0; ch < g.C; ch += g.cg)
+            for (int si = 0; si < slices; ++si)
+              for (int so = 0; so < slices; ++so)
+                for (int i0 = 0; i0 < 8; i0 += 3) {  // channels {0, 1, 2}, {3, 4, 5}, {6, 7}
+                  for (int r = 0; r < nr; ++r) {
+                    xs[r] = xr[r] + (ch + si * 8) * Lx + i0;
+                    ds[r] = dr[r] + (ch + so * 8) * Ld;
+                  }
+                  float* dst = acc_out + ((ty * 3) * g.cg + si * 8 + i0) * g.C + ch + so * 8;
+                  if (g.s == 1) {
+                    if (i0 < 6) KernelBlock<Y8, 1, 3>(dst, g.cg, g.C, xs, ds, nr, g.Wo, 8);
+                    else KernelBlock<Y8, 1, 2>(dst, g.cg, g.C, xs, ds, nr, g.Wo, 8);
+                  } else {
+                    if (i0 < 6) KernelBlock<Y8, 2, 3>(dst, g.cg, g.C, xs, ds, nr, g.Wo, 8);
+                    else KernelBlock<Y8, 2, 2>(dst, g.cg, g.C, xs, ds, nr, g.Wo, 8);
+                  }
                 }
-              }
+        } else {
+          for (int64_t b = 0; b < blocks; ++b) {
+            for (int r = 0; r < nr; ++r) {
+              xs[r] = xr[r] + b * Lx * V::kCol;
+              ds[r] = dr[r] + b * Ld * V::kCol;
             }
+            float* dst = acc_out + (ty * 3) * g.cg * g.C + b * V::kWidth;
+            const int64_t nch = std::min<int64_t>(V::kWidth, g.C - b * V::kWidth);
+            if (g.s == 1) KernelBlock<V, 1, 8>(dst, g.cg, g.C, xs, ds, nr, g.Wo, nch);
+            else KernelBlock<V, 2, 8>(dst, g.cg, g.C, xs, ds, nr, g.Wo, nch);
+          }
         }
       }
     }
@@ -434,15 +519,28 @@ void GradKernel(OpKernelContext* ctx, const Geometry& g, const float* dy, const 
   }
 }
 
-// Both kernels read the "stride" attr.
+// Z16 (512-bit, two groups per vector) where the build has AVX-512 and the group width is 8,
+// unless the op's vector_bits attr asks for 256; Y8 otherwise.
+bool Wide(const Geometry& g, int vector_bits) {
+#ifdef __AVX512F__
+  return g.cg == 8 && vector_bits != 256;
+#else
+  return false;
+#endif
+}
+
+// Both kernels read the "stride" and "vector_bits" attrs.
 class StridedKernel : public OpKernel {
  public:
   explicit StridedKernel(OpKernelConstruction* c) : OpKernel(c) {
     OP_REQUIRES_OK(c, c->GetAttr("stride", &stride_));
+    OP_REQUIRES_OK(c, c->GetAttr("vector_bits", &vector_bits_));
+    OP_REQUIRES(c, vector_bits_ == 0 || vector_bits_ == 256,
+                errors::InvalidArgument("vector_bits must be 0 (widest) or 256, got ", vector_bits_));
   }
 
  protected:
-  int stride_;
+  int stride_, vector_bits_;
 };
 
 class GroupedConv3x3Op : public StridedKernel {
@@ -457,8 +555,11 @@ class GroupedConv3x3Op : public StridedKernel {
     Tensor* y;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({g.N, g.Ho, g.Wo, g.C}), &y));
     if (y->NumElements() == 0) return;
-    const std::vector<float> wp = PackKernel(g, In<float>(k), /*transposed=*/false, /*flip=*/false);
-    Forward(ctx, g, In<float>(x), wp.data(), Out<float>(y));
+    if (Wide(g, vector_bits_)) {
+      Forward<Z16>(ctx, g, In<float>(x), In<float>(k), Out<float>(y));
+    } else {
+      Forward<Y8>(ctx, g, In<float>(x), In<float>(k), Out<float>(y));
+    }
   }
 };
 
@@ -482,9 +583,13 @@ class GroupedConv3x3GradOp : public StridedKernel {
       std::memset(Out<float>(dk), 0, dk->NumElements() * sizeof(float));
       return;
     }
-    const std::vector<float> wp = PackKernel(g, In<float>(k), /*transposed=*/true, /*flip=*/stride_ == 1);
-    GradInput(ctx, g, In<float>(dy), wp.data(), Out<float>(dx));
-    GradKernel(ctx, g, In<float>(dy), In<float>(x), Out<float>(dk));
+    if (Wide(g, vector_bits_)) {
+      GradInput<Z16>(ctx, g, In<float>(dy), In<float>(k), Out<float>(dx));
+      GradKernel<Z16>(ctx, g, In<float>(dy), In<float>(x), Out<float>(dk));
+    } else {
+      GradInput<Y8>(ctx, g, In<float>(dy), In<float>(k), Out<float>(dx));
+      GradKernel<Y8>(ctx, g, In<float>(dy), In<float>(x), Out<float>(dk));
+    }
   }
 };
 

@@ -1,7 +1,7 @@
 """RegNet's grouped 3x3 convolution (PyTorch padding 1) as one native op each way, on CPU (issue 7).
 
-Why: see grouped_conv.cc; on AVX2 CPUs oneDNN's grouped kernels reach a fraction of the FMA
-peak at group width 8, and its backward-data kernel is slower still.
+Why: see grouped_conv.cc; on AVX2 and AVX-512 CPUs oneDNN's grouped kernels reach a fraction of
+the FMA peak at group width 8, and its backward-data kernel is slower still.
 """
 
 from __future__ import annotations
@@ -14,14 +14,18 @@ from seer_tf.ops import native
 available = native.available  # the op library is one: all ops or none
 
 
-def grouped_conv3x3(x, kernel, stride: int):
+def grouped_conv3x3(x, kernel, stride: int, vector_bits: int = 0):
     """conv2d(x, kernel) with groups C / kernel.shape[2], PyTorch's padding 1, stride 1 or 2;
-    float32 NHWC x, TF's (3, 3, C / groups, C) kernel."""
-    return native.load().seer_grouped_conv3x3(x=x, kernel=kernel, stride=stride)
+    float32 NHWC x, TF's (3, 3, C / groups, C) kernel. vector_bits 0 takes the widest kernels
+    the build has (512-bit for group width 8 on AVX-512 CPUs), 256 the AVX2-width ones (the
+    gradient uses the same)."""
+    return native.load().seer_grouped_conv3x3(x=x, kernel=kernel, stride=stride,
+                                              vector_bits=vector_bits)
 
 
 @tf.RegisterGradient("SeerGroupedConv3x3")
 def _grouped_conv3x3_grad(op, dy):
     x, kernel = op.inputs
     return native.load().seer_grouped_conv3x3_grad(dy=dy, x=x, kernel=kernel,
-                                                    stride=op.get_attr("stride"))
+                                                    stride=op.get_attr("stride"),
+                                                    vector_bits=op.get_attr("vector_bits"))
