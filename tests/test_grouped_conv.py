@@ -79,6 +79,31 @@ def test_matches_tf_conv2d_and_float64(shape, cg, stride, vector_bits):
     assert np.abs(ours[2] - dk64).max() <= 2 * np.abs(theirs[2] - dk64).max() + 1e-5
 
 
+@pytest.mark.parametrize("vector_bits", [0, 256])
+@pytest.mark.parametrize("shape,cg,stride", [((2, 9, 13, 24), 8, 1), ((2, 10, 7, 48), 16, 2)])
+def test_bfloat16_is_the_float32_op_rounded(shape, cg, stride, vector_bits):
+    """bfloat16 tensors: the float32 op's output and gradients on the same (bf16-valued) inputs,
+    each rounded once to bfloat16 (float32 arithmetic inside)."""
+    c = shape[3]
+    ho, wo = (shape[1] - 1) // stride + 1, (shape[2] - 1) // stride + 1
+    x, k, dy = (tf.cast(tf.constant(RNG.normal(size=s) * scale, tf.float32), tf.bfloat16)
+                for s, scale in ((shape, 1.0), ((3, 3, cg, c), 0.2), ((shape[0], ho, wo, c), 1.0)))
+    lib = native_grouped.native.load()
+    got = [lib.seer_grouped_conv3x3(x=x, kernel=k, stride=stride, vector_bits=vector_bits)]
+    got += lib.seer_grouped_conv3x3_grad(dy=dy, x=x, kernel=k, stride=stride, vector_bits=vector_bits)
+    x32, k32, dy32 = (tf.cast(t, tf.float32) for t in (x, k, dy))
+    want = [lib.seer_grouped_conv3x3(x=x32, kernel=k32, stride=stride, vector_bits=vector_bits)]
+    want += lib.seer_grouped_conv3x3_grad(dy=dy32, x=x32, kernel=k32, stride=stride,
+                                          vector_bits=vector_bits)
+    for g, w in zip(got, want):
+        assert g.dtype == tf.bfloat16
+        g, w = g.numpy().astype(np.float32), w.numpy()
+        # one rounding to nearest: at most half a bf16 ulp (2^-8 relative), plus the partial-sum
+        # order of the kernel gradient's shards (identical here: same code, same sharding)
+        assert np.all(np.abs(g - w) <= 2.0 ** -8 * np.abs(w))
+        assert np.abs(w).max() > 0
+
+
 def test_shape_inference_and_bad_input():
     x = tf.zeros([2, 9, 8, 16])
     k = tf.zeros([3, 3, 8, 16])
@@ -102,9 +127,11 @@ def test_gating(monkeypatch):
     ok = blocks._native_grouped_conv
     monkeypatch.delenv("SEER_TF_NATIVE_GROUPED_CONV", raising=False)
     assert ok(tf.float32, 48, 48, 3, 2, 6) is native_grouped.available()
+    assert not ok(tf.bfloat16, 48, 48, 3, 2, 6)  # bf16: only when forced (not shown faster)
     monkeypatch.setenv("SEER_TF_NATIVE_GROUPED_CONV", "1")
     assert ok(tf.float32, 48, 48, 3, 2, 6)
-    assert not ok(tf.bfloat16, 48, 48, 3, 2, 6)
+    assert ok(tf.bfloat16, 48, 48, 3, 2, 6)
+    assert not ok(tf.float16, 48, 48, 3, 2, 6)
     assert not ok(tf.float32, 48, 48, 3, 1, 1)
     assert not ok(tf.float32, 48, 48, 3, 1, 12)  # group width 4
     assert not ok(tf.float32, 48, 96, 3, 1, 6)

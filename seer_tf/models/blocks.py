@@ -144,7 +144,8 @@ def _pads(size, p, k, s):
 def _native_grouped_conv(dtype, in_channels: int, filters: int, kernel_size: int, strides: int,
                          groups: int) -> bool:
     """Whether a training-mode grouped 3x3 convolution runs as seer_tf's native CPU op
-    (`seer_tf.ops.grouped_conv`: float32, group width a multiple of 8, C_out = C_in, stride 1/2).
+    (`seer_tf.ops.grouped_conv`: float32 or bfloat16 tensors, float32 arithmetic; group width a
+    multiple of 8, C_out = C_in, stride 1/2).
 
     Why: with group width 8 (RegNetY-400MF) oneDNN 3.7 runs these convolutions far below the FMA
     peak, on AVX2 and AVX-512 alike (its stride-2 backward-data kernel is the slowest:
@@ -155,11 +156,14 @@ def _native_grouped_conv(dtype, in_channels: int, filters: int, kernel_size: int
     AMX Xeons were not measured with it, but oneDNN's times there on the shapes measured
     (64x112x112x48 103 ms, 64x56x56x104 55, 64x28x28x208 27) match the Zen 5's (128, 64, 33),
     where the native op wins 1.4-2.1x, so it is on there too.
-    SEER_TF_NATIVE_GROUPED_CONV=0 turns it off (=1 forces it, for tests and measurements).
+    bfloat16 tensors only with SEER_TF_NATIVE_GROUPED_CONV=1: on the Zen 5 the mixed_bfloat16
+    step measured 33.4 / 33.5 images/s with it against 29.5 / 36.3 with oneDNN's bf16 kernels
+    (2 pairs, inconclusive). SEER_TF_NATIVE_GROUPED_CONV=0 turns it off.
     Inference keeps tf.nn.conv2d, so exported SavedModels hold only TensorFlow ops.
     """
     choice = os.environ.get("SEER_TF_NATIVE_GROUPED_CONV", "auto")
-    if (choice == "0" or dtype != tf.float32 or _accelerator_present() or kernel_size != 3
+    if (choice == "0" or dtype not in (tf.float32, tf.bfloat16) or _accelerator_present()
+            or (dtype == tf.bfloat16 and choice != "1") or kernel_size != 3
             or strides not in (1, 2) or groups < 2 or in_channels != filters
             or (in_channels // groups) % 8):
         return False
