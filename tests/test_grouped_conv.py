@@ -98,8 +98,8 @@ def test_bfloat16_is_the_float32_op_rounded(shape, cg, stride, vector_bits):
     for g, w in zip(got, want):
         assert g.dtype == tf.bfloat16
         g, w = g.numpy().astype(np.float32), w.numpy()
-        # one rounding to nearest: at most half a bf16 ulp (2^-8 relative), plus the partial-sum
-        # order of the kernel gradient's shards (identical here: same code, same sharding)
+        # same float32 arithmetic in the same order, then one rounding to nearest: at most half
+        # a bf16 ulp (2^-8 relative)
         assert np.all(np.abs(g - w) <= 2.0 ** -8 * np.abs(w))
         assert np.abs(w).max() > 0
 

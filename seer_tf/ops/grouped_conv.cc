@@ -90,8 +90,8 @@ template <typename T>
 inline void StoreT(float* p, T v) { std::memcpy(p, &v, sizeof(v)); }
 constexpr v8 kZero = {0, 0, 0, 0, 0, 0, 0, 0};
 
-// 8 channels as float32 from float32 or bfloat16 (uint16_t bits) memory, and back (round to
-// nearest even, as TF's casts; activations are finite).
+// 8 channels as float32 from float32 or bfloat16 (uint16_t bits) memory, and back: the vector
+// form of kernel_util.h's Load / Store (round to nearest even, as TF's casts; finite values).
 typedef uint16_t u16x8 __attribute__((vector_size(16)));
 typedef uint32_t u32x8 __attribute__((vector_size(32)));
 inline v8 Load8(const float* p) { return LoadT<v8>(p); }
