@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from seer_tf import cpu
 from seer_tf.models import blocks
 from seer_tf.ops import grouped_conv as native_grouped
 
@@ -121,23 +122,63 @@ def test_shape_inference_and_bad_input():
 
 
 def test_gating(monkeypatch):
-    """float32 grouped 3x3 convolutions with 8k-channel groups only; bf16, dense, group width 4,
+    """float32 grouped 3x3 convolutions with 8k-channel groups: native both ways; bfloat16 on a
+    CPU with native bf16: TF's forward and the native gradient; dense, group width 4,
     C_out != C_in and 1x1 convolutions keep tf.nn.conv2d; on by default on any CPU where the op
-    builds; SEER_TF_NATIVE_GROUPED_CONV=0/1."""
-    ok = blocks._native_grouped_conv
+    builds; SEER_TF_NATIVE_GROUPED_CONV=0 off, =1 both ways in either dtype."""
+    mode = blocks._native_grouped_conv
     monkeypatch.delenv("SEER_TF_NATIVE_GROUPED_CONV", raising=False)
-    assert ok(tf.float32, 48, 48, 3, 2, 6) is native_grouped.available()
-    assert not ok(tf.bfloat16, 48, 48, 3, 2, 6)  # bf16: only when forced (not shown faster)
+    built = native_grouped.available()
+    assert mode(tf.float32, 48, 48, 3, 2, 6) == ("both" if built else "")
+    bf16 = "gradient" if built and cpu.has_native_bf16() else ""
+    assert mode(tf.bfloat16, 48, 48, 3, 2, 6) == bf16
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: False)
+    assert mode(tf.bfloat16, 48, 48, 3, 2, 6) == ""
     monkeypatch.setenv("SEER_TF_NATIVE_GROUPED_CONV", "1")
-    assert ok(tf.float32, 48, 48, 3, 2, 6)
-    assert ok(tf.bfloat16, 48, 48, 3, 2, 6)
-    assert not ok(tf.float16, 48, 48, 3, 2, 6)
-    assert not ok(tf.float32, 48, 48, 3, 1, 1)
-    assert not ok(tf.float32, 48, 48, 3, 1, 12)  # group width 4
-    assert not ok(tf.float32, 48, 96, 3, 1, 6)
-    assert not ok(tf.float32, 48, 48, 1, 1, 6)
+    assert mode(tf.float32, 48, 48, 3, 2, 6) == "both"
+    assert mode(tf.bfloat16, 48, 48, 3, 2, 6) == "both"
+    assert mode(tf.float16, 48, 48, 3, 2, 6) == ""
+    assert mode(tf.float32, 48, 48, 3, 1, 1) == ""
+    assert mode(tf.float32, 48, 48, 3, 1, 12) == ""  # group width 4
+    assert mode(tf.float32, 48, 96, 3, 1, 6) == ""
+    assert mode(tf.float32, 48, 48, 1, 1, 6) == ""
     monkeypatch.setenv("SEER_TF_NATIVE_GROUPED_CONV", "0")
-    assert not ok(tf.float32, 48, 48, 3, 2, 6)
+    assert mode(tf.float32, 48, 48, 3, 2, 6) == ""
+    assert mode(tf.bfloat16, 48, 48, 3, 2, 6) == ""
+
+
+@pytest.mark.skipif(not cpu.has_native_bf16(), reason="the bf16 hybrid runs only on CPUs with "
+                    "native bf16 (TF's bf16 grouped conv has no gradient elsewhere)")
+@pytest.mark.parametrize("stride,size", [(1, 11), (2, 11), (2, 10)])
+def test_bfloat16_trains_on_tf_forward_and_native_gradient(monkeypatch, stride, size):
+    """The bf16 hybrid ("gradient"): the forward graph holds TF's Conv2D (PyTorch padding, the
+    widened kernel at stride 2), the gradient the native op; output and gradients match the
+    all-TF path (native op off) to bf16 rounding of float32 sums: one bf16 ulp (2^-7) of the
+    largest element."""
+    monkeypatch.delenv("SEER_TF_NATIVE_GROUPED_CONV", raising=False)
+    monkeypatch.setattr(blocks, "_native_grouped_conv", lambda *a: "gradient")
+    conv = blocks.Conv(48, 3, stride, groups=6, dtype="mixed_bfloat16")
+    x = tf.constant(RNG.normal(size=(2, size, size + 1, 48)), tf.bfloat16)
+    conv.build(x.shape)
+
+    @tf.function
+    def run(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = conv(x, training=True)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
+        return [y] + tape.gradient(loss, [x, conv.kernel])
+
+    ops = {op.type for op in run.get_concrete_function(x).graph.get_operations()}
+    assert {"Conv2D", "SeerGroupedConv3x3Grad"} <= ops and "SeerGroupedConv3x3" not in ops
+    hybrid = [t.numpy().astype(np.float32) for t in run(x)]
+    monkeypatch.setattr(blocks, "_native_grouped_conv", lambda *a: "")
+    onednn = [t.numpy().astype(np.float32) for t in tf.function(run.python_function)(x)]
+    assert hybrid[0].shape == onednn[0].shape == (2, (size - 1) // stride + 1,
+                                                  size // stride + 1, 48)
+    for got, want in zip(hybrid, onednn):
+        assert np.abs(want).max() > 0
+        np.testing.assert_allclose(got, want, atol=2.0 ** -7 * np.abs(want).max(), rtol=0)
 
 
 @pytest.mark.parametrize("stride", [1, 2])

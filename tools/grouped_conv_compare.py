@@ -10,7 +10,7 @@ as often as the step runs them) it times, in one process and alternating the two
 forward, and the forward's two gradients (oneDNN: Conv2DBackpropInput + Conv2DBackpropFilter on
 the PyTorch-padded input; native: its one gradient op), the native op with its widest kernels
 (`native`: 512-bit ones for group width 8 on AVX-512 builds) and with its 256-bit ones
-(`native256`; the same kernels on AVX2). Prints JSON: per shape the best of
+(`native256`; the same kernels on AVX2), in `--dtype` float32 or bfloat16. Prints JSON: per shape the best of
 `--repeats` milliseconds and GFLOP/s of each side, and the step totals.
 """
 
@@ -61,12 +61,12 @@ def _best(fn, args, repeats):
     return min(times)
 
 
-def compare(n, h, c, stride, group_width, repeats):
-    x = tf.random.normal([n, h, h, c])
-    k = tf.random.normal([3, 3, group_width, c])
+def compare(n, h, c, stride, group_width, repeats, dtype="float32"):
+    x = tf.random.normal([n, h, h, c], dtype=dtype)
+    k = tf.random.normal([3, 3, group_width, c], dtype=dtype)
     xp = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
     ho = (h - 1) // stride + 1
-    dy = tf.random.normal([n, ho, ho, c])
+    dy = tf.random.normal([n, ho, ho, c], dtype=dtype)
     strides = [1, stride, stride, 1]
     onednn_fwd = tf.function(lambda xp, k: tf.nn.conv2d(xp, k, stride, "VALID"))
     onednn_bwd = tf.function(lambda dy, xp, k: (
@@ -103,6 +103,8 @@ def main(argv=None):
     parser.add_argument("--crops", default="2x224,4x96")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="tensor dtype of both sides (the native op computes in float32)")
     args = parser.parse_args(argv)
     if not native_grouped.available():
         sys.exit("the native ops did not build here (see the warning above)")
@@ -112,7 +114,7 @@ def main(argv=None):
     for n, h, c, stride, count, gw in step_shapes(args.preset, args.crops, args.batch):
         if gw % 8:
             continue
-        row = compare(n, h, c, stride, gw, args.repeats)
+        row = compare(n, h, c, stride, gw, args.repeats, args.dtype)
         row["per_step"] = count
         rows.append(row)
         for key in ms_keys:
@@ -122,7 +124,7 @@ def main(argv=None):
     native = totals["native_forward_ms"] + totals["native_backward_ms"]
     native256 = totals["native256_forward_ms"] + totals["native256_backward_ms"]
     print(json.dumps({"machine": cpu.describe(), "preset": args.preset, "crops": args.crops,
-                      "batch": args.batch, "step_totals": totals,
+                      "batch": args.batch, "dtype": args.dtype, "step_totals": totals,
                       "native_speedup": round(onednn / native, 2),
                       "native256_speedup": round(onednn / native256, 2), "shapes": rows}, indent=1))
 

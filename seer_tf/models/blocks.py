@@ -142,32 +142,42 @@ def _pads(size, p, k, s):
 
 
 def _native_grouped_conv(dtype, in_channels: int, filters: int, kernel_size: int, strides: int,
-                         groups: int) -> bool:
-    """Whether a training-mode grouped 3x3 convolution runs as seer_tf's native CPU op
+                         groups: int) -> str:
+    """How much of a training-mode grouped 3x3 convolution runs as seer_tf's native CPU op
     (`seer_tf.ops.grouped_conv`: float32 or bfloat16 tensors, float32 arithmetic; group width a
-    multiple of 8, C_out = C_in, stride 1/2).
+    multiple of 8, C_out = C_in, stride 1/2): "both" (forward and gradient), "gradient"
+    (TF's oneDNN forward, the native gradient) or "" (TF both ways).
 
     Why: with group width 8 (RegNetY-400MF) oneDNN 3.7 runs these convolutions far below the FMA
     peak, on AVX2 and AVX-512 alike (its stride-2 backward-data kernel is the slowest:
     64x112x112x48 forward+backward 128 ms on a 2-core AVX-512 EPYC, 60 native). The step's grouped
     convolutions (2x224 + 4x96 crops, batch 32, forward + both gradients,
     `tools/grouped_conv_compare.py`): 2-core AVX2 EPYC oneDNN 1.25 s, native 0.58 s; 2-core
-    AVX-512 EPYC (Zen 5) 0.76 s vs 0.45 s. The fp32 step gains 24% on both (interleaved A/B).
-    AMX Xeons were not measured with it, but oneDNN's times there on the shapes measured
-    (64x112x112x48 103 ms, 64x56x56x104 55, 64x28x28x208 27) match the Zen 5's (128, 64, 33),
-    where the native op wins 1.4-2.1x, so it is on there too.
-    bfloat16 tensors only with SEER_TF_NATIVE_GROUPED_CONV=1: on the Zen 5 the mixed_bfloat16
-    step measured 33.4 / 33.5 images/s with it against 29.5 / 36.3 with oneDNN's bf16 kernels
-    (2 pairs, inconclusive). SEER_TF_NATIVE_GROUPED_CONV=0 turns it off.
+    AVX-512 EPYC (Zen 5) 0.76 s vs 0.45 s; 2-core AMX Xeon 0.90 s vs 0.65 s. The fp32 step
+    gains 24% on both EPYCs (interleaved A/B).
+    bfloat16, on CPUs with native bf16: "gradient". On the AMX Xeon oneDNN's bf16 forward beats
+    the native one (0.13 s vs 0.16 s per step) and the native gradient beats oneDNN's (0.33 s vs
+    0.49 s); `--dtype bfloat16` of the compare tool. Without native bf16, bf16 keeps TF's path
+    (which computes grouped convolutions in float32 there).
+    SEER_TF_NATIVE_GROUPED_CONV=0 turns the op off, =1 forces "both" in either dtype.
     Inference keeps tf.nn.conv2d, so exported SavedModels hold only TensorFlow ops.
     """
     choice = os.environ.get("SEER_TF_NATIVE_GROUPED_CONV", "auto")
     if (choice == "0" or dtype not in (tf.float32, tf.bfloat16) or _accelerator_present()
-            or (dtype == tf.bfloat16 and choice != "1") or kernel_size != 3
-            or strides not in (1, 2) or groups < 2 or in_channels != filters
-            or (in_channels // groups) % 8):
-        return False
-    return native_grouped.available()
+            or kernel_size != 3 or strides not in (1, 2) or groups < 2 or in_channels != filters
+            or (in_channels // groups) % 8 or not native_grouped.available()):
+        return ""
+    if dtype == tf.float32 or choice == "1":
+        return "both"
+    return "gradient" if cpu.has_native_bf16() and _grouped_conv_native() else ""
+
+
+def _grouped_conv3x3_tf(x, kernel, strides: int):
+    """TF's grouped 3x3 conv2d with PyTorch's padding 1 (stride 2: the widened "SAME" kernel of
+    `_widened_same_ok`, exact on every size)."""
+    if strides == 2:
+        kernel = tf.pad(kernel, [[0, 1], [0, 1], [0, 0], [0, 0]])
+    return tf.nn.conv2d(x, kernel, strides=strides, padding="SAME")
 
 
 def _widened_same_ok(kernel_size: int, strides: int, groups: int) -> bool:
@@ -234,9 +244,15 @@ class Conv(keras.layers.Layer):
                 x = native_scale.channel_scale(x, tf.cast(channel_scale, x.dtype))
             else:
                 x = x * channel_scale[:, None, None, :]
-        if training and _native_grouped_conv(x.dtype, int(x.shape[-1]), self.filters,
-                                             self.kernel_size, self.strides, self.groups):
-            y = native_grouped.grouped_conv3x3(x, tf.cast(self.kernel, x.dtype), self.strides)
+        native = training and _native_grouped_conv(x.dtype, int(x.shape[-1]), self.filters,
+                                                   self.kernel_size, self.strides, self.groups)
+        if native:
+            kernel = tf.cast(self.kernel, x.dtype)
+            if native == "both":
+                y = native_grouped.grouped_conv3x3(x, kernel, self.strides)
+            else:
+                y = native_grouped.with_native_gradient(
+                    lambda x, k: _grouped_conv3x3_tf(x, k, self.strides), x, kernel, self.strides)
             if self.use_bias:
                 y = tf.nn.bias_add(y, tf.cast(self.bias, y.dtype))
             return y

@@ -23,9 +23,30 @@ def grouped_conv3x3(x, kernel, stride: int, vector_bits: int = 0):
                                               vector_bits=vector_bits)
 
 
+def _gradient(dy, x, kernel, stride: int, vector_bits: int = 0):
+    """[dx, dkernel] of grouped_conv3x3 in one native op."""
+    return native.load().seer_grouped_conv3x3_grad(dy=dy, x=x, kernel=kernel, stride=stride,
+                                                    vector_bits=vector_bits)
+
+
 @tf.RegisterGradient("SeerGroupedConv3x3")
 def _grouped_conv3x3_grad(op, dy):
     x, kernel = op.inputs
-    return native.load().seer_grouped_conv3x3_grad(dy=dy, x=x, kernel=kernel,
-                                                    stride=op.get_attr("stride"),
-                                                    vector_bits=op.get_attr("vector_bits"))
+    return _gradient(dy, x, kernel, op.get_attr("stride"), op.get_attr("vector_bits"))
+
+
+def with_native_gradient(forward, x, kernel, stride: int):
+    """`forward(x, kernel)` as given (TF's own grouped conv2d with PyTorch's padding), with the
+    native op's gradient.
+
+    Why both halves: in bfloat16 on an AMX Xeon, oneDNN's grouped forward is the faster one
+    (one step's grouped convolutions 132 ms vs the native op's 164) and its two gradients the
+    slower (493 ms vs 332; `tools/grouped_conv_compare.py --dtype bfloat16`)."""
+
+    @tf.custom_gradient
+    def conv(x, kernel):
+        def grad(dy):
+            return _gradient(dy, x, kernel, stride)
+        return forward(x, kernel), grad
+
+    return conv(x, kernel)
