@@ -1,17 +1,19 @@
 """seer_tf's native grouped 3x3 convolution vs TF's oneDNN one, shape by shape (issue 7).
 
     python tools/grouped_conv_compare.py [--preset regnet_y_400mf] [--crops 2x224,4x96]
-                                         [--batch 32] [--repeats 5]
+                                         [--batch 32] [--repeats 5] [--dtype float32]
 
 Why: `seer_tf.models.blocks._native_grouped_conv` uses the native op on every CPU because of
-this comparison (AVX2 and AVX-512 EPYCs); run it on a new CPU family to check that rule. For every grouped
-convolution shape of one SwAV step (the preset's b convolutions at each crop resolution, counted
-as often as the step runs them) it times, in one process and alternating the two sides: the
-forward, and the forward's two gradients (oneDNN: Conv2DBackpropInput + Conv2DBackpropFilter on
-the PyTorch-padded input; native: its one gradient op), the native op with its widest kernels
-(`native`: 512-bit ones for group width 8 on AVX-512 builds) and with its 256-bit ones
-(`native256`; the same kernels on AVX2), in `--dtype` float32 or bfloat16. Prints JSON: per shape the best of
-`--repeats` milliseconds and GFLOP/s of each side, and the step totals.
+this comparison (AVX2 and AVX-512 EPYCs, AMX Xeon), and in bfloat16 only its gradient (AMX Xeon:
+oneDNN's bf16 forward is faster, its gradients slower); run it on a new CPU family to check
+those rules. For every grouped convolution shape of one SwAV step (the preset's b convolutions
+at each crop resolution, counted as often as the step runs them) it times, in one process and
+alternating the two sides: the forward, and the forward's two gradients (oneDNN:
+Conv2DBackpropInput + Conv2DBackpropFilter on the PyTorch-padded input; native: its one gradient
+op), the native op with its widest kernels (`native`: 512-bit ones for group width 8 on AVX-512
+builds) and with its 256-bit ones (`native256`; the same kernels on AVX2), in `--dtype` float32
+or bfloat16. Prints JSON: per shape the best of `--repeats` milliseconds and GFLOP/s of each
+side, and the step totals.
 """
 
 from __future__ import annotations
