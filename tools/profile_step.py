@@ -2,6 +2,7 @@
 
     python tools/profile_step.py [--preset regnet_y_400mf] [--crops 2x224,4x96] [--batch 32]
                                  [--precision float32] [--top 30] [--steps 1] [--inter_op 1]
+                                 [--remat none]
 
 Traces --steps steps (after warm-up; times are per step) with tf.profiler, reads the XPlane protobuf the trace writes,
 and prints the host time summed per TensorFlow op type and per op name (self time of the
@@ -71,6 +72,7 @@ def main():
     ap.add_argument("--crops", default="2x224,4x96")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--precision", default="float32")
+    ap.add_argument("--remat", default="none", help="RegNet's remat mode (models/remat.py)")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--steps", type=int, default=1,
                     help="steps traced; times are per step (the mean), so one noisy step weighs less")
@@ -86,7 +88,7 @@ def main():
     if args.inter_op:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
 
-    train = build_train_fn(args.preset, args.crops, args.batch, args.precision)
+    train = build_train_fn(args.preset, args.crops, args.batch, args.precision, args.remat)
     train().numpy()
     train().numpy()
     logdir = tempfile.mkdtemp(prefix="seer_profile_")
