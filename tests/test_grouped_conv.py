@@ -155,7 +155,6 @@ def test_bfloat16_trains_on_tf_forward_and_native_gradient(monkeypatch, stride, 
     widened kernel at stride 2), the gradient the native op; output and gradients match the
     all-TF path (native op off) to bf16 rounding of float32 sums: one bf16 ulp (2^-7) of the
     largest element."""
-    monkeypatch.delenv("SEER_TF_NATIVE_GROUPED_CONV", raising=False)
     monkeypatch.setattr(blocks, "_native_grouped_conv", lambda *a: "gradient")
     conv = blocks.Conv(48, 3, stride, groups=6, dtype="mixed_bfloat16")
     x = tf.constant(RNG.normal(size=(2, size, size + 1, 48)), tf.bfloat16)

@@ -110,8 +110,9 @@ def main():
     for (op_type, op_name), ps in totals.items():
         if (op_type not in ("Process", "Run") and not op_type.startswith(" __inference")
                 and not op_name.startswith("CpuExecutable")):
-            by_part[part_of(op_name, op_type)] += ps
-            by_kind[(part_of(op_name, op_type), op_type)] += ps
+            part = part_of(op_name, op_type)
+            by_part[part] += ps
+            by_kind[(part, op_type)] += ps
     ops_s = sum(by_part.values()) / 1e12
     print(f"\n{'network part':40s} {'s':>8s} {'%':>6s}")
     for label, ps in by_part.most_common():

@@ -172,12 +172,17 @@ def _native_grouped_conv(dtype, in_channels: int, filters: int, kernel_size: int
     return "gradient" if cpu.has_native_bf16() and _grouped_conv_native() else ""
 
 
+def _widened(kernel):
+    """A zero last row and column: a 4x4 "SAME" kernel at stride 2 pads (1, 1|2), PyTorch's
+    windows (`_widened_same_ok`)."""
+    return tf.pad(kernel, [[0, 1], [0, 1], [0, 0], [0, 0]])
+
+
 def _grouped_conv3x3_tf(x, kernel, strides: int):
-    """TF's grouped 3x3 conv2d with PyTorch's padding 1 (stride 2: the widened "SAME" kernel of
-    `_widened_same_ok`, exact on every size)."""
-    if strides == 2:
-        kernel = tf.pad(kernel, [[0, 1], [0, 1], [0, 0], [0, 0]])
-    return tf.nn.conv2d(x, kernel, strides=strides, padding="SAME")
+    """TF's grouped 3x3 conv2d with PyTorch's padding 1 (stride 2: the widened "SAME" kernel,
+    exact on every size)."""
+    return tf.nn.conv2d(x, _widened(kernel) if strides == 2 else kernel, strides=strides,
+                        padding="SAME")
 
 
 def _widened_same_ok(kernel_size: int, strides: int, groups: int) -> bool:
@@ -271,8 +276,8 @@ class Conv(keras.layers.Layer):
         if self.groups > 1 and not _grouped_gradient_works(x.dtype.name):
             x = tf.cast(x, tf.float32)  # e.g. bf16 on a CPU without AVX512_BF16: no grouped grad
         kernel = tf.cast(self.kernel, x.dtype)
-        if widen:  # a zero last row and column: 4x4 "SAME" pads (1, 1|2), PyTorch's windows
-            kernel = tf.pad(kernel, [[0, 1], [0, 1], [0, 0], [0, 0]])
+        if widen:
+            kernel = _widened(kernel)
         if (self.kernel_size == 1 and self.strides == 1 and self.groups == 1
                 and _pointwise_as_matmul(x.dtype, int(x.shape[-1]), _elements(
                     x.shape[:3] + (self.filters,)))):
