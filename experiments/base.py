@@ -17,6 +17,8 @@ def swav_config() -> ml_collections.ConfigDict:
         head_use_bn=True,
         num_prototypes=(3000,),
         remat="none",              # "none" | "block" | "stage" activation checkpointing
+        remat_fraction=1.0,        # "block": checkpoint the earliest blocks holding this share
+                                   # of the activations (0.6: ~3/4 of the saving, ~1/2 the cost)
         sync_bn=True,              # SyncBN under multi-replica strategies
     )
     c.data = dict(

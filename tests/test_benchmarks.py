@@ -3,6 +3,8 @@
 import json
 import sys
 
+import pytest
+
 from seer_tf.bin import benchmark_step, peers
 
 
@@ -32,9 +34,35 @@ def test_runs_through_run_when_idle_when_the_peer_folder_has_it(tmp_path, monkey
 
 
 def test_memory_report_ratios(monkeypatch):
-    fake = {"none": {"step_peak_mib": 1000, "step_s_median": 2.0},
-            "block": {"step_peak_mib": 300, "step_s_median": 2.6}}
-    monkeypatch.setattr(benchmark_step, "_ours", lambda processes, remat, **kw: fake[remat])
-    report = benchmark_step.run_memory_benchmark(modes=("none", "block"))
-    assert report["block_memory_saving"] == 0.7 and report["block_time_overhead"] == 0.3
+    """Modes take turns process by process; each keeps its fastest run and that run's peak."""
+    calls = []
+    runs = {("none", 1.0): [{"step_peak_mib": 1000, "step_s_median": 2.0, "images_per_s": 32.0},
+                            {"step_peak_mib": 990, "step_s_median": 2.5, "images_per_s": 25.6}],
+            ("block", 0.6): [{"step_peak_mib": 500, "step_s_median": 3.0, "images_per_s": 21.3},
+                             {"step_peak_mib": 520, "step_s_median": 2.4, "images_per_s": 26.7}]}
+
+    def fake(processes, remat, remat_fraction, **kw):
+        assert processes == 1
+        calls.append((remat, remat_fraction))
+        return runs[(remat, remat_fraction)][sum(c == calls[-1] for c in calls) - 1]
+
+    monkeypatch.setattr(benchmark_step, "_ours", fake)
+    report = benchmark_step.run_memory_benchmark(modes=("none", "block@0.6"), processes=2)
+    assert calls == [("none", 1.0), ("block", 0.6)] * 2
+    assert report["modes"]["block@0.6"]["all_step_peak_mib"] == [500, 520]
+    assert report["block@0.6_memory_saving"] == 0.48
+    assert report["block@0.6_time_overhead"] == 0.2
     json.dumps(report)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("none", {"remat": "none", "remat_fraction": 1.0}),
+    ("block@0.6", {"remat": "block", "remat_fraction": 0.6})])
+def test_parse_remat_mode(text, expected):
+    assert benchmark_step.parse_remat_mode(text) == expected
+
+
+@pytest.mark.parametrize("text", ["stage@0.5", "layer", "block@"])
+def test_parse_remat_mode_rejects(text):
+    with pytest.raises(ValueError):
+        benchmark_step.parse_remat_mode(text)

@@ -73,6 +73,8 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--precision", default="float32")
     ap.add_argument("--remat", default="none", help="RegNet's remat mode (models/remat.py)")
+    ap.add_argument("--remat_fraction", type=float, default=1.0,
+                    help="with --remat block: the share of activations checkpointed")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--steps", type=int, default=1,
                     help="steps traced; times are per step (the mean), so one noisy step weighs less")
@@ -88,7 +90,8 @@ def main():
     if args.inter_op:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
 
-    train = build_train_fn(args.preset, args.crops, args.batch, args.precision, args.remat)
+    train = build_train_fn(args.preset, args.crops, args.batch, args.precision, args.remat,
+                           args.remat_fraction)
     train().numpy()
     train().numpy()
     logdir = tempfile.mkdtemp(prefix="seer_profile_")

@@ -21,6 +21,8 @@ from absl import app, flags
 flags.DEFINE_string("what", "sinkhorn", "Which benchmark to run (see BENCHMARKS).")
 flags.DEFINE_integer("repetitions", 5, "Timed calls per configuration, after one warm-up.")
 flags.DEFINE_integer("processes", 3, "step/memory: fresh processes per configuration (best kept).")
+flags.DEFINE_string("remat_modes", "none,block,stage,block@0.6",
+                    "memory: activation checkpointing modes, compared with the first ('none').")
 FLAGS = flags.FLAGS
 
 
@@ -92,10 +94,13 @@ def benchmark_step(flags_):
 
 def benchmark_memory(flags_):
     """Step peak memory and time of RegNetY-1.6GF, batch 64, with and without activation
-    checkpointing (remat none / block / stage)."""
-    from seer_tf.bin.benchmark_step import run_memory_benchmark
+    checkpointing (`--remat_modes`: none / block / stage / block@<remat_fraction>)."""
+    from seer_tf.bin.benchmark_step import parse_remat_mode, run_memory_benchmark
 
-    return run_memory_benchmark(processes=flags_.processes)
+    modes = tuple(m.strip() for m in flags_.remat_modes.split(",") if m.strip())
+    for mode in modes:
+        parse_remat_mode(mode)  # a typo fails here, not after minutes of measuring
+    return run_memory_benchmark(modes=modes, processes=flags_.processes)
 
 
 BENCHMARKS = {

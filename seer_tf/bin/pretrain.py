@@ -78,7 +78,11 @@ def build_model(config):
     else:
         spec = dict(depths=list(m.depths), widths=list(m.widths),
                     group_widths=list(m.group_widths), stem_width=m.stem_width)
-    backbone = RegNet(**spec, remat=m.remat, sync_bn=bool(m.sync_bn and multi), name="regnet")
+    backbone = RegNet(**spec, remat=m.remat, remat_fraction=m.remat_fraction,
+                      sync_bn=bool(m.sync_bn and multi), name="regnet")
+    if backbone.remat == "block":
+        logging.info("activation checkpointing: the first %d of %d blocks (remat_fraction %.2f)",
+                     backbone.remat_blocks, len(backbone.blocks()), backbone.remat_fraction)
     model = SwAVModel(backbone, [backbone.widths[-1]] + list(m.head_dims), list(m.num_prototypes),
                       use_bn=m.head_use_bn, sync_bn=bool(m.sync_bn and multi))
     model.build_all()

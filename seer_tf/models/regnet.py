@@ -10,8 +10,9 @@ import keras
 import tensorflow as tf
 
 from seer_tf.models import blocks
+from seer_tf.models import complexity
 from seer_tf.models import remat as remat_lib
-from seer_tf.models.family import spec_for
+from seer_tf.models.family import RegNetSpec, spec_for
 
 # Activation checkpointing granularity: "block" keeps one tensor per Y block (VISSL's default
 # for SEER), "stage" one per stage (least memory, most recompute).
@@ -26,16 +27,25 @@ class RegNet(keras.Model):
     stage, the SEER/VISSL "avgpool" feature) and "logits" when `num_classes` > 0. Built from
     plain lists so `get_config()` states the architecture; use `RegNet.from_preset()` or
     `family.generate()` to get the lists from the five RegNet numbers. `remat` recomputes
-    block or stage activations in the backward pass (training only; see `models/remat.py`).
+    block or stage activations in the backward pass (training only; see `models/remat.py`);
+    with "block", `remat_fraction` < 1 checkpoints only the earliest blocks that hold that
+    share of the trunk's activations (`complexity.block_costs`): they hold the most memory per
+    recomputed multiply-add, so e.g. 0.6 keeps most of the saving for under half the recompute.
     """
 
     def __init__(self, depths, widths, group_widths, bottleneck_multipliers=None, strides=None,
                  se_ratio=0.25, stem_width=32, num_classes=0, sync_bn=False,
-                 zero_init_last_bn=False, remat="none", **kwargs):
+                 zero_init_last_bn=False, remat="none", remat_fraction=1.0, **kwargs):
         super().__init__(**kwargs)
         if remat not in REMAT_MODES:
             raise ValueError(f"remat must be one of {REMAT_MODES}, got {remat!r}")
-        self.remat = remat
+        remat_fraction = float(remat_fraction)
+        if not 0.0 < remat_fraction <= 1.0:
+            raise ValueError(f"remat_fraction must be in (0, 1], got {remat_fraction}")
+        if remat_fraction < 1.0 and remat != "block":
+            raise ValueError(f"remat_fraction={remat_fraction} needs remat='block' (it picks "
+                             f"which blocks to checkpoint), got remat={remat!r}")
+        self.remat, self.remat_fraction = remat, remat_fraction
         n = len(depths)
         bottleneck_multipliers = list(bottleneck_multipliers or [1.0] * n)
         strides = list(strides or [2] * n)
@@ -61,6 +71,7 @@ class RegNet(keras.Model):
                      for j in range(d)]
             self.stages.append(stage)
             w_in = w
+        self.remat_blocks = self._checkpointed_prefix() if remat == "block" else 0
         self.fc = (keras.layers.Dense(self.num_classes, name="fc",
                                       kernel_initializer=keras.initializers.RandomNormal(0.0, 0.01))
                    if self.num_classes else None)
@@ -84,21 +95,40 @@ class RegNet(keras.Model):
         # backward comes first, while the activations just made are still wanted, so recomputing
         # it would cost time and save no memory.
         last_stage = len(self.stages) - 1
+        index = 0  # of the block, counted over all stages
         for i, stage in enumerate(self.stages):
             if self.remat == "stage" and training and i < last_stage:
                 x = remat_lib.recompute(lambda t, s=stage: _run(s, t, training))(x)
             else:
-                for j, block in enumerate(stage):
-                    is_last = i == last_stage and j == len(stage) - 1
-                    if self.remat == "block" and training and not is_last:
+                for block in stage:
+                    if training and index < self.remat_blocks:
                         x = remat_lib.recompute(lambda t, b=block: b(t, training=training))(x)
                     else:
                         x = block(x, training=training)
+                    index += 1
             out[f"stage{i + 1}"] = x
         out["pooled"] = tf.reduce_mean(x, axis=[1, 2])
         if self.fc is not None:
             out["logits"] = self.fc(out["pooled"])
         return out
+
+    def _checkpointed_prefix(self):
+        """How many leading blocks remat="block" recomputes: all but the last (its backward
+        runs first, while its activations are still wanted, so recomputing it saves nothing:
+        torch.utils.checkpoint_sequential does the same), or with `remat_fraction` < 1 the
+        shortest prefix holding that share of their activations, estimated at 224x224."""
+        spec = RegNetSpec(self.depths, self.widths, self.group_widths,
+                          self.bottleneck_multipliers, self.strides, self.se_ratio,
+                          self.stem_width)
+        sizes = [c["activation_elements"] for c in complexity.block_costs(spec)][:-1]
+        if self.remat_fraction >= 1.0:
+            return len(sizes)
+        total, running = sum(sizes), 0
+        for k, size in enumerate(sizes):
+            running += size
+            if running >= self.remat_fraction * total:
+                return k + 1
+        return len(sizes)
 
     def blocks(self):
         """All Y blocks in order (for per-block activation checkpointing and weight conversion)."""
@@ -115,7 +145,8 @@ class RegNet(keras.Model):
                 "bottleneck_multipliers": self.bottleneck_multipliers, "strides": self.strides,
                 "se_ratio": self.se_ratio, "stem_width": self.stem_width,
                 "num_classes": self.num_classes, "sync_bn": self.sync_bn,
-                "zero_init_last_bn": self.zero_init_last_bn, "remat": self.remat}
+                "zero_init_last_bn": self.zero_init_last_bn, "remat": self.remat,
+                "remat_fraction": self.remat_fraction}
 
 
 def _run(blocks_, x, training):
