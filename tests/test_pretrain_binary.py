@@ -184,6 +184,26 @@ def test_batch_must_split_over_replicas():
         pretrain.validate(config, 2)
 
 
+def test_remat_fraction_reaches_the_trunk():
+    from experiments import cpu_smoke
+    from seer_tf.bin import pretrain
+
+    config = cpu_smoke.get_config()
+    config.model.update(remat="block", remat_fraction=0.5)
+    pretrain.validate(config, 1)
+    trunk = pretrain.build_model(config).backbone
+    # regnety_tiny: the shortest prefix of its checkpointable blocks holding half their
+    # estimated activations (test_remat checks the rule itself).
+    assert trunk.remat_fraction == 0.5
+    assert 0 < trunk.remat_blocks < len(trunk.blocks()) - 1
+    config.model.update(remat="stage")
+    with pytest.raises(pretrain.ConfigError, match="remat_fraction=0.5 needs model.remat=block"):
+        pretrain.validate(config, 1)
+    config.model.update(remat="block", remat_fraction=0.0)
+    with pytest.raises(pretrain.ConfigError, match=r"model.remat_fraction must be in \(0, 1\]"):
+        pretrain.validate(config, 1)
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

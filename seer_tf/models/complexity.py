@@ -1,4 +1,5 @@
-"""Analytic size of a RegNet: per-block widths, parameter count and multiply-adds.
+"""Analytic size of a RegNet: per-block widths, parameter count, multiply-adds and the
+activations a training step keeps per block (which blocks `remat_fraction` checkpoints).
 
 Counting from the spec (not from built Keras variables) lets `bin/summary` describe the 128GF,
 256GF and 10B trunks instantly, without allocating billions of weights. Tests check that the
