@@ -18,7 +18,7 @@ def swav_config() -> ml_collections.ConfigDict:
         num_prototypes=(3000,),
         remat="none",              # "none" | "block" | "stage" activation checkpointing
         remat_fraction=1.0,        # "block": checkpoint the earliest blocks holding this share
-                                   # of the activations (0.6: ~3/4 of the saving, ~1/2 the cost)
+                                   # of the activations (0.6: ~2/3 of the saving, ~1/2 the time)
         sync_bn=True,              # SyncBN under multi-replica strategies
     )
     c.data = dict(

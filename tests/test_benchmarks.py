@@ -41,12 +41,11 @@ def test_memory_report_ratios(monkeypatch):
             ("block", 0.6): [{"step_peak_mib": 500, "step_s_median": 3.0, "images_per_s": 21.3},
                              {"step_peak_mib": 520, "step_s_median": 2.4, "images_per_s": 26.7}]}
 
-    def fake(processes, remat, remat_fraction, **kw):
-        assert processes == 1
+    def fake(remat, remat_fraction, **kw):
         calls.append((remat, remat_fraction))
         return runs[(remat, remat_fraction)][sum(c == calls[-1] for c in calls) - 1]
 
-    monkeypatch.setattr(benchmark_step, "_ours", fake)
+    monkeypatch.setattr(benchmark_step, "_run_ours", fake)
     report = benchmark_step.run_memory_benchmark(modes=("none", "block@0.6"), processes=2)
     assert calls == [("none", 1.0), ("block", 0.6)] * 2
     assert report["modes"]["block@0.6"]["all_step_peak_mib"] == [500, 520]

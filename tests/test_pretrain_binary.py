@@ -197,7 +197,7 @@ def test_remat_fraction_reaches_the_trunk():
     assert trunk.remat_fraction == 0.5
     assert 0 < trunk.remat_blocks < len(trunk.blocks()) - 1
     config.model.update(remat="stage")
-    with pytest.raises(pretrain.ConfigError, match="remat_fraction=0.5 needs model.remat=block"):
+    with pytest.raises(pretrain.ConfigError, match="model.remat_fraction=0.5 needs remat='block'"):
         pretrain.validate(config, 1)
     config.model.update(remat="block", remat_fraction=0.0)
     with pytest.raises(pretrain.ConfigError, match=r"model.remat_fraction must be in \(0, 1\]"):

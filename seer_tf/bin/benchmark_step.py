@@ -135,19 +135,27 @@ def _progress(label, result):
     print(f"benchmark: {label}: {text}", file=sys.stderr, flush=True)
 
 
-def _ours(processes, **kwargs):
+def _run_ours(**kwargs):
+    """One fresh process of `measure_once` with these arguments (its JSON, or an error)."""
     cmd = [sys.executable, "-m", "seer_tf.bin.benchmark_step"]
     cmd += [f"--{k}={v}" for k, v in kwargs.items()]
-    label = "seer_tf " + " ".join(f"{k}={v}" for k, v in kwargs.items())
-    runs = []
-    for _ in range(processes):
-        runs.append(peers.run_isolated(cmd))
-        _progress(label, runs[-1])
+    result = peers.run_isolated(cmd)
+    _progress("seer_tf " + " ".join(f"{k}={v}" for k, v in kwargs.items()), result)
+    return result
+
+
+def _best_of(runs):
+    """The fastest run, with every run's images/s and peak memory beside it."""
     good = [r for r in runs if "images_per_s" in r]
     if not good:
         return {"error": runs[-1].get("error"), "runs": []}
     return {**max(good, key=lambda r: r["images_per_s"]),
-            "all_images_per_s": [r["images_per_s"] for r in good], "processes": len(runs)}
+            "all_images_per_s": [r["images_per_s"] for r in good],
+            "all_step_peak_mib": [r.get("step_peak_mib") for r in good], "processes": len(runs)}
+
+
+def _ours(processes, **kwargs):
+    return _best_of([_run_ours(**kwargs) for _ in range(processes)])
 
 
 def _peer(python, processes, preset, crops, batch, steps, warmup):
@@ -233,21 +241,15 @@ def run_memory_benchmark(preset="regnet_y_1_6gf", crops="2x224", batch=64,
     processes back to back, so a drift in the machine's speed (+-25% within an hour on some of
     these VMs) lands on every mode alike; each mode keeps its fastest process."""
     report = {"machine": cpu.describe(), "preset": preset, "crops": crops, "batch": batch,
-              "processes": processes, "modes": {}}
+              "processes": processes}
     parsed = {mode: parse_remat_mode(mode) for mode in modes}
     runs = {mode: [] for mode in modes}
     for _ in range(processes):
         for mode in modes:
-            runs[mode].append(_ours(1, preset=preset, crops=crops, batch=batch,
-                                    precision="float32", steps=steps, warmup=warmup,
-                                    **parsed[mode]))
-    for mode in modes:
-        good = [r for r in runs[mode] if "images_per_s" in r]
-        report["modes"][mode] = ({**max(good, key=lambda r: r["images_per_s"]),
-                                  "all_images_per_s": [r["images_per_s"] for r in good],
-                                  "all_step_peak_mib": [r["step_peak_mib"] for r in good],
-                                  "processes": len(runs[mode])}
-                                 if good else {"error": runs[mode][-1].get("error")})
+            runs[mode].append(_run_ours(preset=preset, crops=crops, batch=batch,
+                                        precision="float32", steps=steps, warmup=warmup,
+                                        **parsed[mode]))
+    report["modes"] = {mode: _best_of(runs[mode]) for mode in modes}
     base = report["modes"].get("none", {})
     for mode, r in report["modes"].items():
         if mode != "none" and "step_peak_mib" in r and "step_peak_mib" in base:

@@ -41,13 +41,13 @@ def _check(cond, message):
 
 def validate(config, num_replicas: int):
     """Settings that cannot work, caught before anything is built."""
+    from seer_tf.models.regnet import check_remat
+
     t, s, d, m = config.train, config.swav, config.data, config.model
-    _check(m.remat in ("none", "block", "stage"),
-           f"model.remat must be none, block or stage, got {m.remat!r}")
-    _check(0.0 < m.remat_fraction <= 1.0,
-           f"model.remat_fraction must be in (0, 1], got {m.remat_fraction}")
-    _check(m.remat_fraction == 1.0 or m.remat == "block",
-           f"model.remat_fraction={m.remat_fraction} needs model.remat=block, got {m.remat!r}")
+    try:
+        check_remat(m.remat, m.remat_fraction)
+    except ValueError as e:
+        raise ConfigError(f"model.{e}") from None
     _check(t.batch_size > 0, f"train.batch_size must be positive, got {t.batch_size}")
     _check(t.batch_size % num_replicas == 0,
            f"train.batch_size {t.batch_size} is not divisible by the {num_replicas} replicas")

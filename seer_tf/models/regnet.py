@@ -19,6 +19,20 @@ from seer_tf.models.family import RegNetSpec, spec_for
 REMAT_MODES = ("none", "block", "stage")
 
 
+def check_remat(remat, remat_fraction=1.0) -> float:
+    """ValueError for a checkpointing setting RegNet cannot run (bin/pretrain reports it as a
+    config error before building anything); returns the fraction as a float."""
+    if remat not in REMAT_MODES:
+        raise ValueError(f"remat must be one of {REMAT_MODES}, got {remat!r}")
+    remat_fraction = float(remat_fraction)
+    if not 0.0 < remat_fraction <= 1.0:
+        raise ValueError(f"remat_fraction must be in (0, 1], got {remat_fraction}")
+    if remat_fraction < 1.0 and remat != "block":
+        raise ValueError(f"remat_fraction={remat_fraction} needs remat='block' (it picks which "
+                         f"blocks to checkpoint), got remat={remat!r}")
+    return remat_fraction
+
+
 @keras.saving.register_keras_serializable(package="seer_tf")
 class RegNet(keras.Model):
     """RegNetY trunk (channels-last) returning a dict of endpoints.
@@ -37,15 +51,7 @@ class RegNet(keras.Model):
                  se_ratio=0.25, stem_width=32, num_classes=0, sync_bn=False,
                  zero_init_last_bn=False, remat="none", remat_fraction=1.0, **kwargs):
         super().__init__(**kwargs)
-        if remat not in REMAT_MODES:
-            raise ValueError(f"remat must be one of {REMAT_MODES}, got {remat!r}")
-        remat_fraction = float(remat_fraction)
-        if not 0.0 < remat_fraction <= 1.0:
-            raise ValueError(f"remat_fraction must be in (0, 1], got {remat_fraction}")
-        if remat_fraction < 1.0 and remat != "block":
-            raise ValueError(f"remat_fraction={remat_fraction} needs remat='block' (it picks "
-                             f"which blocks to checkpoint), got remat={remat!r}")
-        self.remat, self.remat_fraction = remat, remat_fraction
+        self.remat, self.remat_fraction = remat, check_remat(remat, remat_fraction)
         n = len(depths)
         bottleneck_multipliers = list(bottleneck_multipliers or [1.0] * n)
         strides = list(strides or [2] * n)
@@ -121,8 +127,6 @@ class RegNet(keras.Model):
                           self.bottleneck_multipliers, self.strides, self.se_ratio,
                           self.stem_width)
         sizes = [c["activation_elements"] for c in complexity.block_costs(spec)][:-1]
-        if self.remat_fraction >= 1.0:
-            return len(sizes)
         total, running = sum(sizes), 0
         for k, size in enumerate(sizes):
             running += size
