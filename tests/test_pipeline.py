@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 import image_zoo
-from seer_tf.bin import benchmark_pipeline
+from benchmarks import pipeline as benchmark_pipeline
 from seer_tf.data import multicrop as mc
 from seer_tf.data import pipeline, sources
 

@@ -6,7 +6,7 @@
 Why: both frameworks run RegNet's convolutions through oneDNN (TF's `_MklNative*` ops; torch's
 mkldnn convolution for channels_last), so the step time splits into "same kernels, same shapes"
 and everything else. This runs one fresh process per side with `ONEDNN_VERBOSE=1` (through
-`seer_tf.bin.peers.run_isolated`'s malloc setting), keeps the primitives of the *last* step
+`benchmarks.isolation.run_isolated`'s malloc setting), keeps the primitives of the *last* step
 (after warm-up: primitive creation is not timed), and prints per (propagation, shape) the
 milliseconds each side spent, the per-side totals by primitive kind, and the oneDNN versions.
 
@@ -27,7 +27,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from seer_tf.bin import peers  # noqa: E402
+from benchmarks import isolation as peers  # noqa: E402
 
 
 def parse(lines):
@@ -103,15 +103,16 @@ def main():
     ap.add_argument("--torch_python", default=None)
     args = ap.parse_args()
 
-    ours_cmd = [sys.executable, "-m", "seer_tf.bin.benchmark_step", f"--preset={args.preset}",
+    ours_cmd = [sys.executable, os.path.join(peers.ROOT, "benchmarks", "swav_step.py"),
+                f"--preset={args.preset}",
                 f"--crops={args.crops}", f"--batch={args.batch}", "--steps=1", "--warmup=2",
                 "--no_matmul_peak", f"--precision={args.precision}"]
     python = peers.find_torch_python(args.torch_python)
     if not python:
         sys.exit("no Python with torch found (set SEER_TF_TORCH_PYTHON)")
-    peer_cmd = [python, peers.peer_script("peer_torch_swav.py"), "--arch", args.preset,
+    peer_cmd = [python, peers.peer_script("torch_swav.py"), "--arch", args.preset,
                 "--batch", str(args.batch), "--crops", args.crops, "--threads", "2",
-                "--steps", "1", "--warmup", "2", "--no_flops", "--channels_last"]
+                "--steps", "1", "--warmup", "2", "--channels_last"]
     # One op at a time on our side, as PyTorch's eager autograd runs them: with TF's default of
     # two concurrent ops, each primitive shares the cores and its time is inflated.
     ours, ours_version = run_side(ours_cmd, {"TF_NUM_INTEROP_THREADS": "1"})

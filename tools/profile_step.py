@@ -85,7 +85,7 @@ def main():
     import seer_tf  # noqa: F401  (sets oneDNN before TensorFlow loads)
     import tensorflow as tf
 
-    from seer_tf.bin.benchmark_step import build_train_fn
+    from benchmarks.swav_step import build_train_fn
 
     if args.inter_op:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)

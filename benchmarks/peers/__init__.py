@@ -1,0 +1,1 @@
+"""PyTorch peers: standalone scripts run by an interpreter with torch and torchvision."""
