@@ -7,6 +7,13 @@ import os
 # CPU at all ("Gradients for grouped convolutions are not supported on CPU"), and convolutions
 # are slower. The variable is read when TensorFlow initializes, so it only takes effect if
 # seer_tf is imported first; `models.blocks.Conv` falls back to per-group convolutions otherwise.
+# It must stay above every import that loads TensorFlow.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 __version__ = "0.1.0"
+
+# Every Keras-serializable class, registered on `import seer_tf`: a .keras file or a workdir's
+# model.json then loads with plain `keras.saving.load_model` / `deserialize_keras_object`.
+# (After the environment line above: these imports start TensorFlow.)
+from seer_tf.models import heads, regnet, swav  # noqa: E402,F401
+from seer_tf.eval import finetune, linear  # noqa: E402,F401

@@ -3,7 +3,7 @@
 Every source naming is first rewritten to one canonical naming (torchvision's for the trunk,
 VISSL's `SwAVPrototypesHead` for the head), the architecture is read off the tensor shapes, and
 then each canonical name is assigned to exactly one Keras variable. Anything that does not match
-(unknown keys, missing keys, wrong shapes) is listed in a `ConversionError`; nothing is skipped
+(unknown keys, missing keys, wrong shapes) is listed in one `UsageError` (a user's file, not a bug); nothing is skipped
 silently. Only BatchNorm's `num_batches_tracked` counters are dropped, because they carry no
 information a Keras BatchNormalization uses.
 """
@@ -17,16 +17,13 @@ import numpy as np
 
 from seer_tf.models import family as regnet_lib
 from seer_tf.models.family import se_width_for
+from seer_tf.usage import UsageError
 
 FORMATS = ("torchvision", "vissl", "classy", "timm")
 _WRAPPERS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_fpw_module.")
 _VISSL_ROOT = "classy_state_dict.base_model.model."
 _BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
        "running_var": "moving_variance"}
-
-
-class ConversionError(ValueError):
-    """A checkpoint does not match the model; the message lists every offending key."""
 
 
 def _listing(title: str, names, limit: int = 20) -> str:
@@ -63,7 +60,7 @@ def detect_format(keys) -> str:
         return "timm"
     if any(k.startswith("trunk_output.") for k in keys):
         return "torchvision"
-    raise ConversionError("cannot tell the checkpoint format from its keys; first keys: "
+    raise UsageError("cannot tell the checkpoint format from its keys; first keys: "
                           + ", ".join(sorted(keys)[:8]))
 
 
@@ -95,7 +92,7 @@ def canonicalize(state: Dict[str, np.ndarray], fmt: str = "auto"):
     state = strip_wrappers(state)
     fmt = detect_format(state) if fmt == "auto" else fmt
     if fmt not in FORMATS:
-        raise ConversionError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+        raise UsageError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     trunk, head, ignored = {}, {}, []
     for key, value in state.items():
         if key.endswith("num_batches_tracked"):
@@ -130,7 +127,7 @@ def canonicalize(state: Dict[str, np.ndarray], fmt: str = "auto"):
 def infer_spec(trunk: Dict[str, np.ndarray]) -> Tuple[regnet_lib.RegNetSpec, int]:
     """Read the RegNet lists off torchvision-named shapes -> (spec, num_classes)."""
     if "stem.0.weight" not in trunk:
-        raise ConversionError("no stem convolution (stem.0.weight) in the checkpoint trunk")
+        raise UsageError("no stem convolution (stem.0.weight) in the checkpoint trunk")
     stem_width = trunk["stem.0.weight"].shape[0]
     depths, widths, groups, bms, se_pairs = [], [], [], [], []
     s, w_in = 1, stem_width
@@ -150,7 +147,7 @@ def infer_spec(trunk: Dict[str, np.ndarray]) -> Tuple[regnet_lib.RegNetSpec, int
         depths.append(d)
         s += 1
     if not depths:
-        raise ConversionError("no RegNet stages (trunk_output.block1...) in the checkpoint")
+        raise UsageError("no RegNet stages (trunk_output.block1...) in the checkpoint")
     se_ratio = None
     if se_pairs:
         w0, se0 = se_pairs[0]
@@ -159,7 +156,7 @@ def infer_spec(trunk: Dict[str, np.ndarray]) -> Tuple[regnet_lib.RegNetSpec, int
                 se_ratio = ratio
                 break
         else:
-            raise ConversionError("SE widths do not follow round(ratio * block input width): "
+            raise UsageError("SE widths do not follow round(ratio * block input width): "
                                   + str(se_pairs[:6]))
     spec = regnet_lib.RegNetSpec(depths=depths, widths=widths, group_widths=groups,
                                  bottleneck_multipliers=bms, strides=[2] * len(depths),
@@ -175,7 +172,7 @@ def infer_head(head: Dict[str, np.ndarray]) -> Optional[Dict]:
     idx = sorted({int(m.group(1)) for k in head for m in [re.match(r"projection_head\.(\d+)\.", k)] if m})
     linears = [i for i in idx if head[f"projection_head.{i}.weight"].ndim == 2]
     if not linears:
-        raise ConversionError("head has no projection_head linear layers: " + ", ".join(sorted(head)[:8]))
+        raise UsageError("head has no projection_head linear layers: " + ", ".join(sorted(head)[:8]))
     dims = [head[f"projection_head.{linears[0]}.weight"].shape[1]]
     dims += [head[f"projection_head.{i}.weight"].shape[0] for i in linears]
     use_bn = any(f"projection_head.{i}.running_mean" in head for i in idx)
@@ -269,7 +266,7 @@ def assign(targets: Dict[str, Tuple[object, Callable]], source: Dict[str, np.nda
             parts.append(_listing("missing keys", missing))
         if bad:
             parts.append(_listing("mis-shaped keys", bad))
-        raise ConversionError("; ".join(parts))
+        raise UsageError("; ".join(parts))
     for var, value in ready:
         var.assign(value.astype(var.dtype))
     return len(ready)
@@ -295,7 +292,7 @@ def check_preset(spec: regnet_lib.RegNetSpec, preset: str):
     want = regnet_lib.spec_for(preset)
     for field in ("depths", "widths", "group_widths", "stem_width"):
         if getattr(want, field) != getattr(spec, field):
-            raise ConversionError(f"checkpoint is not {preset}: {field} {getattr(spec, field)} "
+            raise UsageError(f"checkpoint is not {preset}: {field} {getattr(spec, field)} "
                                   f"in the file, {getattr(want, field)} in the preset")
 
 

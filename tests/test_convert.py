@@ -14,7 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from seer_tf import checkpoint_io, convert
+from seer_tf import convert, usage
+from seer_tf.weights import pytorch
 
 DATA = os.path.join(os.path.dirname(__file__), "testdata")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,7 +89,7 @@ def test_errors_list_unknown_missing_and_misshaped_keys():
     del bad["trunk_output.block2.block2-1.f.b.1.running_var"]
     k = "trunk_output.block3.block3-0.f.se.fc2.bias"
     bad[k] = np.zeros(bad[k].shape[0] + 1, "float32")
-    with pytest.raises(convert.ConversionError) as e:
+    with pytest.raises(usage.UsageError) as e:
         convert.convert_state(bad)
     msg = str(e.value)
     assert "unknown keys (1): trunk_output.block1.block1-0.f.zz.weight" in msg
@@ -98,14 +99,14 @@ def test_errors_list_unknown_missing_and_misshaped_keys():
 
 def test_preset_check():
     state, _ = fixture("torchvision_tiny")
-    with pytest.raises(convert.ConversionError, match="is not regnety_tiny: widths"):
+    with pytest.raises(usage.UsageError, match="is not regnety_tiny: widths"):
         convert.convert_state(state, preset="regnety_tiny")  # pycls widths differ from the file's
     state, _ = fixture("timm_tiny")
     convert.convert_state(state, preset="regnety_tiny")
 
 
 def test_unrecognised_checkpoint():
-    with pytest.raises(convert.ConversionError, match="cannot tell the checkpoint format"):
+    with pytest.raises(usage.UsageError, match="cannot tell the checkpoint format"):
         convert.convert_state({"encoder.layer1.weight": np.zeros((2, 2))})
 
 
@@ -126,7 +127,7 @@ def test_safetensors_reader_and_bf16(tmp_path):
     state = {k: v for k, v in state.items() if v.dtype == np.float32}
     path = str(tmp_path / "m.safetensors")
     write_safetensors(path, state)
-    back = checkpoint_io.read_safetensors(path)
+    back = pytorch.read_safetensors(path)
     assert set(back) == set(state)
     for k in state:
         np.testing.assert_array_equal(back[k], state[k])
@@ -136,11 +137,11 @@ def test_safetensors_reader_and_bf16(tmp_path):
     h = json.dumps({"x": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 6]}}).encode()
     with open(tmp_path / "b.safetensors", "wb") as f:
         f.write(struct.pack("<Q", len(h)) + h + bf)
-    np.testing.assert_array_equal(checkpoint_io.read_safetensors(str(tmp_path / "b.safetensors"))["x"], x)
+    np.testing.assert_array_equal(pytorch.read_safetensors(str(tmp_path / "b.safetensors"))["x"], x)
 
 
 def test_nested_flatten_keeps_non_arrays_aside():
-    arrays, others = checkpoint_io.flatten({"a": {"b": np.ones(2), "epoch": 3}, "c": np.zeros(1)})
+    arrays, others = pytorch.flatten({"a": {"b": np.ones(2), "epoch": 3}, "c": np.zeros(1)})
     assert sorted(arrays) == ["a.b", "c"] and others == {"a.epoch": 3}
 
 
@@ -148,8 +149,8 @@ def test_pth_without_torch_gives_one_line(tmp_path, monkeypatch):
     path = tmp_path / "m.pth"
     path.write_bytes(b"not really")
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
-    with pytest.raises(checkpoint_io.MissingTorchError, match="needs PyTorch"):
-        checkpoint_io.read_weights(str(path))
+    with pytest.raises(usage.UsageError, match="needs PyTorch"):
+        pytorch.read_weights(str(path))
 
 
 def _run_convert(*args):
@@ -184,3 +185,24 @@ def test_convert_binary_keras_and_h5_outputs(tmp_path):
                                atol=TOL, rtol=0)
     r = _run_convert(f"--input={tmp_path / 'missing.pth'}", f"--output={out}")
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: no such file")
+
+
+def test_converted_keras_file_loads_with_plain_keras_after_import_seer_tf(tmp_path):
+    """`import seer_tf` registers every class: no seer_tf.models import by hand."""
+    state, ref = fixture("vissl_tiny")
+    src = str(tmp_path / "vissl.npz")
+    np.savez(src, **state)
+    out = str(tmp_path / "vissl.keras")
+    assert _run_convert(f"--input={src}", f"--output={out}").returncode == 0
+    np.save(tmp_path / "x.npy", ref["x_even"])
+    code = ("import sys, json, numpy as np; import seer_tf, keras; "
+            "m = keras.saving.load_model(sys.argv[1]); "
+            "print(json.dumps([type(m).__name__, "
+            "m.backbone(np.load(sys.argv[2]), training=False)['pooled'].numpy().tolist()]))")
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    r = subprocess.run([sys.executable, "-c", code, out, str(tmp_path / "x.npy")], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    name, pooled = json.loads(r.stdout.strip().splitlines()[-1])
+    assert name == "SwAVModel"
+    np.testing.assert_allclose(pooled, ref["x_even/pooled"], atol=TOL, rtol=0)

@@ -6,16 +6,20 @@
     python -m seer_tf.bin.convert --input=model.safetensors --output=ckpt/regnet  # tf.train.Checkpoint
 
 The architecture is read from the tensor shapes (pass --preset to also check it against a
-preset). A VISSL checkpoint's SwAV head and prototypes come along unless --notrunk_only is off
-(--trunk_only drops them). Output by suffix: `.keras` (architecture + weights), `.weights.h5`
-(weights; the architecture goes to `<output>.config.json`), anything else: a TF checkpoint
-prefix. `.pth`-style inputs need torch; `.npz` and `.safetensors` do not.
+preset). A VISSL checkpoint's SwAV head and prototypes come along (--trunk_only drops them).
+Output by suffix (seer_tf.weights.save_model): `.keras` (architecture + weights; loads with
+`import seer_tf; keras.saving.load_model(path)`), `.weights.h5` (weights; the architecture
+goes to `<output>.config.json`), anything else: a TF checkpoint prefix. `.pth`-style inputs need
+torch; `.npz` and `.safetensors` do not. Bad input ends in one `error:` line, exit status 2.
 """
 
 import json
 import sys
 
 from absl import app, flags
+
+import seer_tf  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow starts)
+from seer_tf import usage
 
 _INPUT = flags.DEFINE_string("input", None, "PyTorch weights: .pth/.pt/.torch/.bin, .npz, .safetensors.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output: X.keras, X.weights.h5, or a checkpoint prefix.")
@@ -27,38 +31,23 @@ _PICKLE = flags.DEFINE_bool("allow_pickle", False,
                             "Unpickle arbitrary objects in .pth files (only for files you trust).")
 
 
-def save(model, output: str):
-    if output.endswith(".keras"):
-        model.save(output)
-    elif output.endswith(".weights.h5"):
-        model.save_weights(output)
-        with open(output + ".config.json", "w") as f:
-            json.dump({"class_name": type(model).__name__, "config": model.get_config()}, f, indent=1)
-    else:
-        import tensorflow as tf
-
-        tf.train.Checkpoint(model=model).write(output)
-
-
 def main(argv):
-    del argv
+    return usage.run(lambda: _main(argv))
+
+
+def _main(argv):
+    usage.require_no_extra_args(argv)
     if not _INPUT.value or not _OUTPUT.value:
-        print("error: --input and --output are required", file=sys.stderr)
-        return 2
-    from seer_tf import checkpoint_io, convert
+        raise usage.UsageError("--input and --output are required")
+    from seer_tf import convert, weights
+    from seer_tf.models.family import get_preset
 
-    try:
-        if _PRESET.value:
-            from seer_tf.models.family import get_preset
-
-            get_preset(_PRESET.value)
-        arrays, others = checkpoint_io.read_weights(_INPUT.value, allow_pickle=_PICKLE.value)
-        model, report = convert.convert_state(arrays, _FORMAT.value, _PRESET.value,
-                                              include_head=not _TRUNK_ONLY.value)
-    except (checkpoint_io.MissingTorchError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    save(model, _OUTPUT.value)
+    if _PRESET.value:
+        get_preset(_PRESET.value)
+    arrays, others = weights.read_weights(_INPUT.value, allow_pickle=_PICKLE.value)
+    model, report = convert.convert_state(arrays, _FORMAT.value, _PRESET.value,
+                                          include_head=not _TRUNK_ONLY.value)
+    weights.save_model(model, _OUTPUT.value)
     report["non_tensor_entries"] = sorted(others)
     report["output"] = _OUTPUT.value
     print(json.dumps(report, indent=1, default=str))

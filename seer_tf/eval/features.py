@@ -20,16 +20,16 @@ progress/ETA log; `extract_files` does the same for image files, skipping unread
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import weakref
-import zipfile
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
+
+from seer_tf.weights import load_model, trunk_of  # noqa: F401  (load_model: callers' path)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -130,14 +130,6 @@ def hms(seconds: float) -> str:
 
 
 # ------------------------------------------------------------------ batched inference
-
-def trunk_of(model):
-    """The RegNet trunk of a RegNet, a SwAVModel (its `backbone`) or a fine-tuned classifier."""
-    for attr in ("backbone", "trunk"):
-        if getattr(model, attr, None) is not None:
-            return getattr(model, attr)
-    return model
-
 
 def pooled_endpoint(outputs, endpoint: str = "pooled"):
     """The named endpoint of the trunk's output dict, average-pooled over space if 4-D."""
@@ -275,115 +267,3 @@ def extract_files(model, paths: Sequence[str], endpoint: str = "pooled", resize:
             raise
         return np.zeros([0, 0], np.float32), np.zeros([0], np.int64)
     return feats, indices
-
-
-# ------------------------------------------------------------------ loading weights
-
-WEIGHT_SUFFIXES = (".npz", ".safetensors", ".pth", ".pt", ".torch", ".bin")
-
-
-def load_model(weights: str, preset: Optional[str] = None, model_config: Optional[str] = None,
-               allow_pickle: bool = False):
-    """A built RegNet or SwAVModel from any weight file seer_tf produces or converts.
-
-    * `X.keras`: a saved seer_tf model (architecture + weights).
-    * `X.weights.h5`: weights; architecture from `X.weights.h5.config.json` (bin/convert writes it)
-      or `model_config`.
-    * `.npz`, `.safetensors`, `.pth`/`.torch`/...: PyTorch RegNetY weights (torchvision, VISSL/SEER,
-      ClassyVision, timm) through `seer_tf.convert` (architecture read from the shapes).
-    * a TF checkpoint prefix, or a directory (a pretraining workdir: its `checkpoints/` latest):
-      the trunk is restored from `model/backbone/...` (pretraining) or `model/...` (bin/convert)
-      into a RegNet built from `preset` or `model_config` (a JSON `get_config()` of a RegNet).
-    Raises ValueError/FileNotFoundError with a one-line message.
-    """
-    import keras
-
-    from seer_tf.models.regnet import RegNet
-    from seer_tf.models.swav import SwAVModel  # noqa: F401  (registers the class for loading)
-
-    if weights.endswith(".keras"):
-        # Not keras.saving.load_model: a SwAVModel built with build_all() records no build
-        # shapes, so load_model leaves its head and prototypes unbuilt and silently re-initializes
-        # them on first call. Rebuild every variable first, then load the weights by structure.
-        if not os.path.isfile(weights):
-            raise FileNotFoundError(f"no such file: {weights}")
-        try:
-            with zipfile.ZipFile(weights) as archive:
-                config = json.loads(archive.read("config.json"))
-        except (zipfile.BadZipFile, KeyError) as e:
-            raise ValueError(f"{weights}: not a Keras 3 .keras archive ({e})") from e
-        model = _built(keras.saving.deserialize_keras_object(config))
-        model.load_weights(weights)
-        return model
-    if weights.endswith(".weights.h5"):
-        config = model_config or weights + ".config.json"
-        model = _from_config_file(config, weights)
-        model.load_weights(weights)
-        return model
-    if weights.lower().endswith(WEIGHT_SUFFIXES):
-        from seer_tf import checkpoint_io, convert
-
-        arrays, _ = checkpoint_io.read_weights(weights, allow_pickle=allow_pickle)
-        model, _ = convert.convert_state(arrays, preset=preset)
-        return model
-    prefix = _checkpoint_prefix(weights)
-    if model_config:
-        trunk = trunk_of(_from_config_file(model_config, weights))
-    elif preset:
-        trunk = RegNet.from_preset(preset)
-        trunk.build((None, None, None, 3))
-    else:
-        raise ValueError(f"{weights} is a TF checkpoint: pass --preset or --model_config to say "
-                         "which architecture it holds")
-    # Pretraining checkpoints (train/loop.py) hold the model as a flat {variable.path: variable}
-    # dict, because Keras 3 layers kept in Python lists are invisible to tf.train.Checkpoint's
-    # object graph. The trunk's variables are found by path; every one must be there.
-    variables = {v.path: v for v in trunk.weights}
-    try:
-        status = tf.train.Checkpoint(model=variables).read(prefix).expect_partial()
-        status.assert_existing_objects_matched()
-    except (AssertionError, ValueError) as e:
-        stored = sum(1 for n, _ in tf.train.list_variables(prefix)
-                     if n.startswith(f"model/{trunk.name}.S"))
-        raise ValueError(f"{prefix}: checkpoint holds {stored} trunk tensors under "
-                         f"'{trunk.name}/', the {preset or 'configured'} trunk has "
-                         f"{len(variables)}: wrong architecture, or not a seer_tf pretraining "
-                         f"checkpoint ({' '.join(str(e).split())[:200]})") from e
-    return trunk
-
-
-def _from_config_file(path: str, weights: str):
-    import keras
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{weights}: architecture file {path} not found (--model_config)")
-    with open(path) as f:
-        config = json.load(f)
-    if "class_name" not in config:  # a bare RegNet get_config()
-        config = {"class_name": "RegNet", "config": config}
-    if "registered_name" not in config:
-        config["registered_name"] = f"seer_tf>{config['class_name']}"
-        config.setdefault("module", None)
-    return _built(keras.saving.deserialize_keras_object(config))
-
-
-def _built(model):
-    """Create every variable of a RegNet / SwAVModel / classifier (no-op if built)."""
-    if hasattr(model, "build_all"):
-        model.build_all()
-    elif not model.built:
-        model.build((None, None, None, 3))
-    return model
-
-
-def _checkpoint_prefix(path: str) -> str:
-    if os.path.isdir(path):
-        for d in (os.path.join(path, "checkpoints"), path):
-            latest = tf.train.latest_checkpoint(d)
-            if latest:
-                return latest
-        raise FileNotFoundError(f"{path}: no TF checkpoint in it or in its checkpoints/")
-    if os.path.exists(path + ".index"):
-        return path
-    raise FileNotFoundError(f"{path}: not a .keras/.weights.h5/.npz/.safetensors/.pth file, "
-                            "checkpoint prefix or workdir")

@@ -20,15 +20,13 @@ from typing import Dict, Tuple
 
 import numpy as np
 
+from seer_tf.usage import UsageError
+
 _SAFETENSORS_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
     "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
 }
 TORCH_SUFFIXES = (".pth", ".pt", ".torch", ".bin", ".ckpt")
-
-
-class MissingTorchError(ImportError):
-    pass
 
 
 def read_safetensors(path: str) -> Dict[str, np.ndarray]:
@@ -61,7 +59,7 @@ def _read_torch(path: str, allow_pickle: bool):
     try:
         import torch
     except ImportError as e:
-        raise MissingTorchError(
+        raise UsageError(
             f"reading {os.path.basename(path)} needs PyTorch (pip install torch); "
             "or convert it to .npz/.safetensors first") from e
     try:
