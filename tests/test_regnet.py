@@ -4,7 +4,11 @@ import numpy as np
 import keras
 import pytest
 
+import tensorflow as tf
+
+from seer_tf import ops
 from seer_tf.models import complexity, family
+from seer_tf.ops import native
 from seer_tf.models.regnet import RegNet
 
 # torchvision `num_params` (trunk + 1000-way fc), from torchvision/models/regnet.py weight metas.
@@ -188,3 +192,76 @@ def test_yblock_se_inside_conv_c_matches_separate_se(monkeypatch):
     np.testing.assert_allclose(block.c(block.se(h), training=False).numpy(),
                                block.c(h, training=False, channel_scale=block.se.gate(h)).numpy(),
                                rtol=1e-5, atol=1e-5)
+
+
+def _step_ops(fn):
+    """Op types of a traced tf.function and of the functions it calls (gradients, custom
+    gradients, nested XLA kernels)."""
+    graph = fn.get_concrete_function().graph
+    types, seen, stack = set(), set(), [graph.as_graph_def()]
+    while stack:
+        gdef = stack.pop()
+        types.update(n.op for n in gdef.node)
+        for f in gdef.library.function:
+            if f.signature.name not in seen:
+                seen.add(f.signature.name)
+                types.update(n.op for n in f.node_def)
+    return types
+
+
+def _traced_step(m, x):
+    def step():
+        with tf.GradientTape() as tape:
+            out = tf.cast(m(x, training=True)["pooled"], tf.float32)
+            loss = tf.reduce_sum(out * tf.range(out.shape[-1], dtype=tf.float32))
+        return [out] + tape.gradient(loss, m.trainable_variables)
+    return step
+
+
+def _relative_error(got, want):
+    return [np.linalg.norm(g.numpy().astype("float64") - w.numpy().astype("float64"))
+            / np.linalg.norm(w.numpy().astype("float64")) for g, w in zip(got, want)]
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_xla_compiled_step_matches_the_native_step(policy):
+    """Forward + backward of a tiny RegNetY XLA-compiled (`ops.inside_xla()` entered in the
+    traced function, as the training loop does) equals the step on seer_tf's native CPU ops:
+    inside XLA the kernel table picks only what XLA compiles. bfloat16: both steps are as close
+    to the float32 step with the same weights (their roundings differ, kernel by kernel)."""
+    keras.utils.set_random_seed(5)
+    x = tf.constant(np.random.default_rng(1).normal(size=(2, 64, 64, 3)), tf.float32)
+    reference = _tiny()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        m = _tiny()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    m.set_weights(reference.get_weights())
+    step = _traced_step(m, x)
+
+    def xla_step():
+        assert not ops.is_inside_xla()
+        with ops.inside_xla():
+            assert ops.is_inside_xla()
+            return step()
+
+    plain, compiled = tf.function(step), tf.function(xla_step, jit_compile=True)
+    want, got = plain(), compiled()
+    assert not ops.is_inside_xla()
+    if native.available():  # the plain step runs the native ops, the XLA step none
+        assert any(t.startswith("Seer") for t in _step_ops(plain))
+    assert not any(t.startswith("Seer") for t in _step_ops(compiled))
+    if policy == "float32":
+        for ours, ref in zip(got, want):
+            ours, ref = ours.numpy(), ref.numpy()
+            np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+        return
+    # A tiny trunk's bf16 gradients are noisy (BatchNorm's backward cancels most of each
+    # gradient, and stage 4 normalizes 8 values): ~0.5 relative error against float32 on either
+    # path. The XLA step's errors must be those of the native one, tensor by tensor on average.
+    exact = tf.function(_traced_step(reference, x))()
+    xla_error, native_error = _relative_error(got, exact), _relative_error(want, exact)
+    assert xla_error[0] <= 2 * native_error[0] + 0.01, (xla_error[0], native_error[0])
+    assert np.mean(xla_error[1:]) <= 1.25 * np.mean(native_error[1:]), (xla_error, native_error)
+    assert max(xla_error) < 2 * max(native_error), (xla_error, native_error)

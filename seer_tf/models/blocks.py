@@ -25,6 +25,7 @@ from absl import logging
 import tensorflow as tf
 
 from seer_tf import cpu
+from seer_tf import ops
 from seer_tf.models import folded_batch_norm as folded
 from seer_tf.models import relu as relu_ops
 from seer_tf.models import remat
@@ -40,6 +41,11 @@ BN_MOMENTUM = 0.9  # Keras momentum = 1 - PyTorch momentum (0.1)
 @functools.lru_cache(maxsize=None)
 def _accelerator_present() -> bool:
     return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+
+
+def _tf_kernels_only() -> bool:
+    """GPU/TPU, or a step XLA compiles (`ops.inside_xla()`): no native op, no CPU-only path."""
+    return _accelerator_present() or ops.is_inside_xla()
 
 
 @functools.lru_cache(maxsize=None)
@@ -108,7 +114,7 @@ def _pointwise_as_matmul(dtype, in_channels: int, out_elements=None) -> bool:
     matmul; forward+backward isolated bf16 68.7 vs 36.9 ms, fp32 94.5 vs 71.2). CPUs without
     native bf16 keep the convolution in bf16 (not measured).
     """
-    if _accelerator_present():
+    if _tf_kernels_only():
         return False
     if out_elements is not None and out_elements >= 32 * 2**20 and (
             dtype == tf.float32 or cpu.has_native_bf16()):
@@ -128,7 +134,7 @@ def _xla_relu_grad(dtype) -> bool:
     """Whether the trunk's ReLU gradients run as XLA kernels (`seer_tf.models.relu`): bfloat16
     on a CPU with native bf16, where TF's Eigen kernel is ~2x slower per element than float32
     and XLA's ~2.3x faster than Eigen's. Float32 keeps Eigen (faster there)."""
-    return dtype == tf.bfloat16 and not _accelerator_present() and cpu.has_native_bf16()
+    return dtype == tf.bfloat16 and not _tf_kernels_only() and cpu.has_native_bf16()
 
 
 def _pads(size, p, k, s):
@@ -163,7 +169,7 @@ def _native_grouped_conv(dtype, in_channels: int, filters: int, kernel_size: int
     Inference keeps tf.nn.conv2d, so exported SavedModels hold only TensorFlow ops.
     """
     choice = os.environ.get("SEER_TF_NATIVE_GROUPED_CONV", "auto")
-    if (choice == "0" or dtype not in (tf.float32, tf.bfloat16) or _accelerator_present()
+    if (choice == "0" or dtype not in (tf.float32, tf.bfloat16) or _tf_kernels_only()
             or kernel_size != 3 or strides not in (1, 2) or groups < 2 or in_channels != filters
             or (in_channels // groups) % 8 or not native_grouped.available()):
         return ""
@@ -202,7 +208,7 @@ def _widened_same_ok(kernel_size: int, strides: int, groups: int) -> bool:
     119 -> 103 / 75 -> 72 ms, 64x56x56x104 60 -> 55 / 43 -> 40, 64x28x28x208 30 -> 27 /
     25 -> 23, 128x48x48x48 41 -> 36 / 32 -> 26. GPUs and TPUs keep the pad (XLA fuses it).
     """
-    return kernel_size == 3 and strides == 2 and groups > 1 and not _accelerator_present()
+    return kernel_size == 3 and strides == 2 and groups > 1 and not _tf_kernels_only()
 
 
 def _conv_init(kernel_size: int, filters: int):
@@ -244,7 +250,7 @@ class Conv(keras.layers.Layer):
         if channel_scale is not None:
             if self._scale_in_kernel(x):
                 return self._scaled_pointwise(x, channel_scale)
-            if (training and x.dtype in (tf.float32, tf.bfloat16) and not _accelerator_present()
+            if (training and x.dtype in (tf.float32, tf.bfloat16) and not _tf_kernels_only()
                     and native_scale.available()):
                 x = native_scale.channel_scale(x, tf.cast(channel_scale, x.dtype))
             else:
@@ -273,7 +279,8 @@ class Conv(keras.layers.Layer):
             x = tf.pad(x, [[0, 0], _pads(x.shape[1], p, self.kernel_size, self.strides),
                            _pads(x.shape[2], p, self.kernel_size, self.strides), [0, 0]])
         out_dtype = x.dtype
-        if self.groups > 1 and not _grouped_gradient_works(x.dtype.name):
+        if (self.groups > 1 and not ops.is_inside_xla()
+                and not _grouped_gradient_works(x.dtype.name)):
             x = tf.cast(x, tf.float32)  # e.g. bf16 on a CPU without AVX512_BF16: no grouped grad
         kernel = tf.cast(self.kernel, x.dtype)
         if widen:
@@ -284,7 +291,7 @@ class Conv(keras.layers.Layer):
             y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), tf.reshape(kernel, kernel.shape[2:]))
             y = tf.reshape(y, tf.concat([tf.shape(x)[:-1], [self.filters]], axis=0))
             y.set_shape(x.shape[:-1] + (self.filters,))
-        elif self.groups > 1 and not _grouped_conv_native():
+        elif self.groups > 1 and not ops.is_inside_xla() and not _grouped_conv_native():
             y = tf.concat([tf.nn.conv2d(xg, kg, strides=self.strides, padding=padding)
                            for xg, kg in zip(tf.split(x, self.groups, axis=-1),
                                              tf.split(kernel, self.groups, axis=-1))], axis=-1)
@@ -308,7 +315,7 @@ class Conv(keras.layers.Layer):
         h, w, c = x.shape[1], x.shape[2], int(x.shape[-1])
         return (self.kernel_size == 1 and self.strides == 1 and self.groups == 1
                 and h is not None and w is not None and h * w >= 1.3 * c
-                and not _accelerator_present())
+                and not _tf_kernels_only())
 
     def _scaled_pointwise(self, x, channel_scale):
         kernel = tf.cast(tf.reshape(self.kernel, self.kernel.shape[2:]), x.dtype)
@@ -344,7 +351,7 @@ def _normalize_in_float32(dtype, channels: int) -> bool:
     get no oneDNN bf16 kernel at all (TensorFlow's generic one instead), so they normalize in
     float32 too. GPUs and TPUs normalize half precision natively.
     """
-    if dtype not in (tf.float16, tf.bfloat16) or _accelerator_present():
+    if dtype not in (tf.float16, tf.bfloat16) or _tf_kernels_only():
         return False
     return dtype == tf.float16 or channels % 16 != 0 or not cpu.has_native_bf16()
 
@@ -354,7 +361,7 @@ def _native_batch_norm(x) -> bool:
     (`seer_tf.ops.batch_norm_relu`: one statistics pass, the ReLU mask recomputed in the
     gradient, bf16 for any channel count): on CPU, float32 or bfloat16, when the op built.
     Otherwise TF's FusedBatchNormV3 paths below (folded, float32-cast or XLA-gradient ones)."""
-    return (x.dtype in (tf.float32, tf.bfloat16) and not _accelerator_present()
+    return (x.dtype in (tf.float32, tf.bfloat16) and not _tf_kernels_only()
             and native_bn.available())
 
 
@@ -363,7 +370,7 @@ def _channel_fold(x) -> int:
     in float32 (`seer_tf.models.folded_batch_norm`: oneDNN's vector kernel for C not a multiple
     of 16, no casts; 1.3-1.9x faster forward+backward). Needs a CPU with native bf16 and a
     pixel count known when the step is traced."""
-    if x.dtype != tf.bfloat16 or _accelerator_present() or not cpu.has_native_bf16():
+    if x.dtype != tf.bfloat16 or _tf_kernels_only() or not cpu.has_native_bf16():
         return 1
     dims = x.shape.as_list()
     pixels = None if None in dims[:3] else dims[0] * dims[1] * dims[2]
