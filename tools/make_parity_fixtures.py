@@ -1,9 +1,9 @@
 """Generate the small PyTorch parity fixtures in tests/testdata/ (needs torch, torchvision, timm
 and classy_vision; CI does not: the .npz files are committed).
 
-    python3 -m venv /tmp/torchenv
-    /tmp/torchenv/bin/pip install torch==2.14.1 torchvision==0.29.1 timm classy_vision numpy
-    /tmp/torchenv/bin/python tools/make_parity_fixtures.py
+    python3 -m venv .torchenv        # git-ignored; any folder outside the repository works too
+    .torchenv/bin/pip install torch==2.14.1 torchvision==0.29.1 timm classy_vision numpy
+    .torchenv/bin/python tools/make_parity_fixtures.py
 
 Each fixture holds a state dict (keys `state/<pytorch name>`), two inputs (32x32: even sizes,
 where TF "same" padding would differ from PyTorch's; 37x37: odd sizes) and the reference outputs
