@@ -1,7 +1,7 @@
 """CPU smoke run used by the tests: a tiny RegNetY on synthetic crops, a few steps.
 
 Command:
-    python -m seer_tf.bin.pretrain --config=experiments/cpu_smoke.py --workdir=/tmp/smoke
+    python -m seer_tf.bin.pretrain --config=experiments/cpu_smoke.py --workdir=WORKDIR
 Hardware: any CPU, seconds.
 Expected: the loss is finite and logged to TensorBoard; checkpoints at every 2 steps.
 """
