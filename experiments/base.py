@@ -47,6 +47,13 @@ def swav_config() -> ml_collections.ConfigDict:
         precision="float32",       # float32 | mixed_float16 | mixed_bfloat16
         log_every=10, checkpoint_every=500, histogram_every=1000, image_every=0, seed=0,
         jit_step=-1,               # -1: XLA where the platform supports it (GPU/TPU), 0 off, 1 on
+        steps_per_loop=-1,         # steps per device call (K); -1: 1 on CPU, log_every on
+                                   # GPU/TPU. log_every must be a multiple of K.
+        max_nonfinite_steps=20,    # float16: stop after this many skipped (non-finite) steps
+                                   # in a row. The loss scale starts at 2^15 and halves per
+                                   # skip, so 20 in a row reach 2^-5: no float16 overflow
+                                   # survives that, the loss itself has diverged.
+        require_workdir=True,      # refuse to run without --workdir (a restart must find it)
     )
     c.demo = dict(enabled=False, shots=5, test_fraction=0.3, seed=0)  # digits demo table
     return c

@@ -17,5 +17,5 @@ def get_config():
     c.swav.update(freeze_prototypes_steps=1, sinkhorn_iterations=3)
     c.optim.update(lr_per_256=0.3, start_lr=0.0, final_lr=0.0, warmup_steps=0, weight_decay=1e-6)
     c.train.update(batch_size=8, total_steps=4, log_every=1, checkpoint_every=2, histogram_every=2,
-                   image_every=2)
+                   image_every=2, require_workdir=False)
     return c

@@ -31,6 +31,6 @@ def get_config():
     c.optim.update(lr_per_256=4.8, start_lr=0.0, final_lr=0.0024, warmup_steps=50,
                    weight_decay=1e-6)
     c.train.update(batch_size=128, total_steps=1000, log_every=50, checkpoint_every=500,
-                   histogram_every=500, image_every=500)
+                   histogram_every=500, image_every=500, require_workdir=False)
     c.demo.update(enabled=True, shots=5, test_fraction=0.3, seed=0)
     return c

@@ -97,13 +97,13 @@ def test_prototypes_frozen_then_trained(tmp_path):
     p0 = model.prototypes.kernels[0].numpy().copy()
     trunk0 = model.backbone.stem.conv.kernel.numpy().copy()
     for frozen in (True, True):
-        trainer._train_fn(frozen)(it)
+        trainer._loop_fn(frozen)(it, tf.constant(1))
     model.prototypes.normalize()
     np.testing.assert_allclose(model.prototypes.kernels[0].numpy(), p0, atol=1e-7)
     assert np.abs(model.backbone.stem.conv.kernel.numpy() - trunk0).max() > 1e-5
-    trainer._train_fn(False)(it)
+    trainer._loop_fn(False)(it, tf.constant(1))
     assert np.abs(model.prototypes.kernels[0].numpy() - p0).max() > 1e-5
-    # one trace per phase: a retrace per step would cost seconds each (issue 7, "no retracing")
+    # one trace per phase: a retrace per step would cost seconds each
     assert [trainer._fns[f].experimental_get_tracing_count() for f in (True, False)] == [1, 1]
     # prototypes are unit vectors after the cross-replica normalization of the next step
     model.prototypes.normalize()
@@ -120,7 +120,7 @@ def test_non_finite_loss_stops_without_checkpoint(tmp_path):
     trainer = Trainer(strategy, step, poisoned, workdir=str(tmp_path), total_steps=3,
                       global_batch_size=GLOBAL_BATCH, log_every=1, checkpoint_every=1,
                       histogram_every=0)
-    with pytest.raises(NonFiniteLossError, match="at step 0"):
+    with pytest.raises(NonFiniteLossError, match="at step 1"):
         trainer.run()
     assert trainer.manager.latest_checkpoint is None
 

@@ -19,6 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import seer_tf  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow starts)
+from seer_tf import usage
 
 import experiments  # noqa: E402  (installed with seer_tf: the default config lives there)
 
@@ -27,11 +28,14 @@ _DEMO_CONFIG = os.path.join(os.path.dirname(experiments.__file__), "digits_demo.
 _CONFIG = config_flags.DEFINE_config_file("config", _DEMO_CONFIG,
                                           "Experiment config file (experiments/*.py); "
                                           "default: the digits demo.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard; default: a temp dir.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard, config.json; "
+                                "required except for the demo and smoke configs.")
+_ALLOW_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Resume a workdir although the config changed keys that change shapes, data or the model.")
+SUMMARY_FILE = "final.json"
 
-
-class ConfigError(ValueError):
-    pass
+ConfigError = usage.UsageError  # one user-error type for every binary
 
 
 def _check(cond, message):
@@ -39,8 +43,11 @@ def _check(cond, message):
         raise ConfigError(message)
 
 
-def validate(config, num_replicas: int):
-    """Settings that cannot work, caught before anything is built."""
+def validate(config, num_replicas: int, strategy=None):
+    """Settings that cannot work, caught before anything is built (`strategy`: checks that
+    need the devices, once the strategy exists)."""
+    from seer_tf import distribute
+    from seer_tf.models import family
     from seer_tf.models.regnet import check_remat
 
     t, s, d, m = config.train, config.swav, config.data, config.model
@@ -48,6 +55,24 @@ def validate(config, num_replicas: int):
         check_remat(m.remat, m.remat_fraction)
     except ValueError as e:
         raise ConfigError(f"model.{e}") from None
+    if m.preset:
+        try:
+            family.get_preset(m.preset)
+        except ValueError as e:
+            raise ConfigError(f"model.preset: {e}") from None
+    _check(t.strategy in distribute.STRATEGIES,
+           f"train.strategy {t.strategy!r} is unknown; choose from {', '.join(distribute.STRATEGIES)}")
+    _check(t.log_every > 0, f"train.log_every must be positive, got {t.log_every}")
+    _check(t.steps_per_loop == -1 or (t.steps_per_loop > 0 and t.log_every % t.steps_per_loop == 0),
+           f"train.log_every {t.log_every} must be a multiple of train.steps_per_loop "
+           f"{t.steps_per_loop} (metrics are fetched only at loop boundaries)")
+    _check(t.max_nonfinite_steps > 0,
+           f"train.max_nonfinite_steps must be positive, got {t.max_nonfinite_steps}")
+    _check(t.jit_step in (-1, 0, 1), f"train.jit_step must be -1, 0 or 1, got {t.jit_step}")
+    if strategy is not None and t.jit_step == 1:
+        _check(distribute.should_jit(strategy),
+               f"train.jit_step=1 with {num_replicas} CPU replicas: XLA cannot compile "
+               f"cross-replica collectives on CPU; use jit_step=0 (or -1: XLA where it works)")
     _check(t.batch_size > 0, f"train.batch_size must be positive, got {t.batch_size}")
     _check(t.batch_size % num_replicas == 0,
            f"train.batch_size {t.batch_size} is not divisible by the {num_replicas} replicas")
@@ -211,25 +236,18 @@ def _warn_slow_half_precision(precision, strategy):
                         precision)
 
 
-def run(config, workdir: str):
-    import keras
-    import tensorflow as tf
+def resolve_steps_per_loop(train, strategy) -> int:
+    """train.steps_per_loop, with -1 resolved: 1 on CPU (a step is seconds there; nothing to
+    amortize), log_every on GPUs/TPUs (the host syncs with the device only when it logs)."""
+    from seer_tf import distribute
 
-    from seer_tf.train.loop import Trainer
+    if train.steps_per_loop > 0:
+        return int(train.steps_per_loop)
+    return int(train.log_every) if distribute.on_accelerators(strategy) else 1
 
-    keras.utils.set_random_seed(config.train.seed)
-    if config.train.precision != "float32":
-        keras.mixed_precision.set_global_policy(config.train.precision)
-    strategy = build_strategy(config)
-    validate(config, strategy.num_replicas_in_sync)
-    _warn_slow_half_precision(config.train.precision, strategy)
-    dataset_fn = build_dataset_fn(config)
-    with strategy.scope():
-        model = build_model(config)
-        optimizer = build_optimizer(config)
-        step = build_step(config, model, optimizer, strategy)
-    t = config.train
-    def data_scalars():
+
+def _data_scalars(dataset_fn):
+    def scalars():
         out = {}
         for stats in getattr(dataset_fn, "decode_stats", []):
             d = stats.as_dict()
@@ -239,35 +257,134 @@ def run(config, workdir: str):
                 logging.info("%s", stats.report())
         return out
 
+    return scalars
+
+
+def run(config, workdir: str):
+    """Pretrains into `workdir`; returns (model, result). Raises `Preempted` after saving when
+    any worker got SIGTERM, `NonFiniteLossError` when the state went non-finite."""
+    import keras
+    import tensorflow as tf
+
+    from seer_tf import weights
+    from seer_tf.train.loop import Trainer
+
+    keras.utils.set_random_seed(config.train.seed)
+    if config.train.precision != "float32":
+        keras.mixed_precision.set_global_policy(config.train.precision)
+    strategy = build_strategy(config)
+    validate(config, strategy.num_replicas_in_sync, strategy)
+    _warn_slow_half_precision(config.train.precision, strategy)
+    dataset_fn = build_dataset_fn(config)
+    with strategy.scope():
+        model = build_model(config)
+        optimizer = build_optimizer(config)
+        step = build_step(config, model, optimizer, strategy)
+    t = config.train
     trainer = Trainer(strategy, step, dataset_fn, workdir=workdir, total_steps=t.total_steps,
-                      global_batch_size=t.batch_size, log_every=t.log_every, extra_scalars=data_scalars,
+                      global_batch_size=t.batch_size,
+                      steps_per_loop=resolve_steps_per_loop(t, strategy), log_every=t.log_every,
                       checkpoint_every=t.checkpoint_every, histogram_every=t.histogram_every,
-                      image_every=t.image_every, jit_step=None if t.jit_step < 0 else bool(t.jit_step))
+                      image_every=t.image_every,
+                      jit_step=None if t.jit_step < 0 else bool(t.jit_step),
+                      max_nonfinite_steps=t.max_nonfinite_steps,
+                      checkpoint_input=bool(getattr(dataset_fn, "checkpoint_input", False)),
+                      extra_scalars=_data_scalars(dataset_fn))
+    if trainer.chief:
+        tf.io.gfile.makedirs(workdir)
+        weights.describe_workdir(workdir, config.to_dict(), model)
     result = trainer.run()
-    tf.io.gfile.makedirs(workdir)
+    summary_path = os.path.join(workdir, SUMMARY_FILE)
+    if result["last_metrics"] is not None and trainer.chief:
+        with tf.io.gfile.GFile(summary_path, "w") as f:
+            f.write(json.dumps({"step": result["step"], "final": result["last_metrics"]},
+                               default=float))
+    elif result["last_metrics"] is None and tf.io.gfile.exists(summary_path):
+        with tf.io.gfile.GFile(summary_path) as f:  # a finished run, run again
+            result["last_metrics"] = json.loads(f.read())["final"]
+    result["weights_digest"] = weights_digest(model)
     return model, result
 
 
+def weights_digest(model) -> str:
+    """SHA-256 of every weight's bytes in path order: equal digests, equal weights (workers
+    of one run must end with the same ones)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for v in sorted(model.weights, key=lambda v: v.path):
+        h.update(v.path.encode())
+        h.update(v.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _workdir(config) -> str:
+    if _WORKDIR.value:
+        return _WORKDIR.value
+    if config.train.require_workdir:
+        raise ConfigError("--workdir is required for this config: its checkpoints must outlive "
+                          "the process so that a restart can resume")
+    return tempfile.mkdtemp(prefix="seer_tf_")
+
+
+def _check_resume(config, workdir):
+    """A workdir holds one run: a changed config may only touch schedule keys."""
+    from seer_tf import weights
+    from seer_tf.train import config_diff
+
+    stored = weights.read_config(workdir)
+    if stored is None:
+        return
+    blocking, accepted = config_diff.changes(stored, config.to_dict())
+    for key in accepted:
+        logging.info("config change accepted on resume: %s", key)
+    if blocking and not _ALLOW_CHANGE.value:
+        raise ConfigError(f"{workdir} was started with another config: {', '.join(blocking)} "
+                          f"changed (--allow_config_change to resume anyway)")
+    for key in blocking:
+        logging.warning("config change forced on resume (--allow_config_change): %s", key)
+
+
+def _train(config, workdir):
+    from seer_tf.train.loop import NonFiniteLossError
+    from seer_tf.train.preemption import RESTART_EXIT_CODE, Preempted
+
+    try:
+        _check_resume(config, workdir)
+        if config.demo.enabled:
+            from seer_tf.eval import digits_demo
+
+            return digits_demo.run_demo(config, workdir, run, build_model)
+        _, result = run(config, workdir)
+    except Preempted as e:
+        print(f"preempted at step {e.step}: saved {e.checkpoint}; run the same command again "
+              f"to resume (exit code {RESTART_EXIT_CODE})", file=sys.stderr)
+        print(json.dumps({"workdir": workdir, "step": e.step, "stopped": "preempted"}))
+        return RESTART_EXIT_CODE
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps({"workdir": workdir, "step": result["step"], "stopped": result["stopped"],
+                      "final": result["last_metrics"],
+                      "weights_digest": result["weights_digest"]}, default=float))
+    return 0
+
+
 def main(argv):
+    from seer_tf import usage
+
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 2
     config = _CONFIG.value
-    workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="seer_tf_")
     try:
-        if config.demo.enabled:
-            from seer_tf.eval import digits_demo
-
-            validate(config, 1)
-            return digits_demo.run_demo(config, workdir, run, build_model)
         validate(config, 1)
-        model, result = run(config, workdir)
-    except ConfigError as e:
+        workdir = _workdir(config)
+    except usage.UsageError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps({"workdir": workdir, "step": result["step"], "stopped": result["stopped"],
-                      "final": result["last_metrics"]}, default=float))
-    return 0
+        return 1
+    status = usage.run(lambda: _train(config, workdir))
+    return 1 if status == 2 else status
 
 
 def parse_flags(argv):

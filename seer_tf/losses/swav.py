@@ -27,6 +27,11 @@ def _as_crop_list(scores, num_crops):
     return tf.split(tf.cast(scores, tf.float32), num_crops, axis=0)
 
 
+# What swav_loss reports besides the loss: mean code entropy (ln K when the codes are uniform,
+# the collapse SEER's low epsilon avoids), distinct argmax prototypes, mean largest code.
+DIAGNOSTICS = ("code_entropy", "prototypes_used", "max_code")
+
+
 def swav_loss(
     scores,
     crops_for_assign=(0, 1),
@@ -93,11 +98,9 @@ def swav_loss(
         max_code.append(tf.reduce_mean(tf.reduce_max(codes, axis=-1)))
         used.append(_prototypes_used(codes, replica_sum))
     loss /= len(crops_for_assign)
-    diagnostics = {
-        "code_entropy": tf.add_n(entropy) / len(entropy),
-        "prototypes_used": tf.add_n(used) / len(used),
-        "max_code": tf.add_n(max_code) / len(max_code),
-    }
+    diagnostics = dict(zip(DIAGNOSTICS, (tf.add_n(entropy) / len(entropy),
+                                         tf.add_n(used) / len(used),
+                                         tf.add_n(max_code) / len(max_code))))
     if return_codes:
         return loss, diagnostics, all_codes
     return loss, diagnostics

@@ -22,7 +22,7 @@ from typing import Callable, Optional, Sequence
 import keras
 import tensorflow as tf
 
-from seer_tf.losses.swav import FeatureQueue, swav_loss
+from seer_tf.losses.swav import DIAGNOSTICS, FeatureQueue, swav_loss
 
 
 class SwAVStep:
@@ -54,6 +54,11 @@ class SwAVStep:
             # Build slots for ALL trainable variables now (inside the caller's strategy.scope()):
             # the frozen-prototype step applies a subset, which must not define the optimizer.
             optimizer.build(model.trainable_variables)
+
+    @property
+    def metric_names(self):
+        """The keys of `replica_step`'s metrics, fixed so a multi-step loop can carry them."""
+        return ("loss", "finite", *DIAGNOSTICS) + (("loss_scale",) if self.loss_scaled else ())
 
     def trainable_variables(self, frozen: bool):
         prototypes = {id(v) for v in self.model.prototypes.trainable_variables}
@@ -101,8 +106,26 @@ class SwAVStep:
         return [None if g is None else tf.where(any_bad, tf.constant(float("nan"), g.dtype), g)
                 for g in grads]
 
+    def _all_finite(self, loss, grads):
+        """1.0 when the loss and every gradient are finite on EVERY replica, else 0.0: the
+        loop stops (float32 / bfloat16) or counts a skipped step (float16) on this flag, so all
+        replicas must see the same value."""
+        bad = tf.cast(tf.logical_not(tf.math.is_finite(loss)), tf.float32)
+        for g in grads:
+            if g is not None:
+                bad += tf.cast(tf.logical_not(tf.reduce_all(tf.math.is_finite(g))), tf.float32)
+        if self.replica_sum is not None:
+            bad = self.replica_sum(bad)
+        return tf.cast(tf.equal(bad, 0.0), tf.float32)
+
     def replica_step(self, crops, step, frozen: bool):
-        """One replica's iteration; returns per-replica metrics (the loop reduces them)."""
+        """One replica's iteration; returns per-replica metrics (the loop reduces them).
+
+        `metrics["finite"]` says whether this step's loss and gradients were finite on every
+        replica. Under float16 loss scaling a non-finite step is skipped (the optimizer leaves
+        the weights alone and halves the scale); otherwise its update is applied and the loop
+        must stop before anything is saved.
+        """
         variables = self.trainable_variables(frozen)
         with tf.GradientTape() as tape:
             loss, metrics, assign_emb = self.loss_and_metrics(crops, step)
@@ -112,6 +135,7 @@ class SwAVStep:
         grads = tape.gradient(objective, variables)
         if self.loss_scaled and self.replica_sum is not None:
             grads = self._skip_together(grads)
+        metrics["finite"] = self._all_finite(loss, grads)
         self.optimizer.apply(grads, variables)
         if self.queue is not None:
             self.queue.push(tf.stack(assign_emb), step, all_gather=self.all_gather)
