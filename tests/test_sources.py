@@ -14,7 +14,7 @@ import tensorflow as tf
 from PIL import Image
 
 from seer_tf.bin import pack_tfrecords
-from seer_tf.data import decode, sources
+from seer_tf.data import decode, headers, sources
 import image_zoo
 
 
@@ -226,7 +226,7 @@ def test_header_sizes(tmp_path):
                         ("WEBP", {"quality": 80})]:
         buf = io.BytesIO()
         Image.new("RGB", (37, 23), (1, 2, 3)).save(buf, fmt, **kwargs)
-        h, w = decode._header_size(tf.constant(buf.getvalue()))
+        h, w = headers.header_size(tf.constant(buf.getvalue()))
         assert (int(h), int(w)) == (23, 37), fmt
 
 

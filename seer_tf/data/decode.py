@@ -30,57 +30,17 @@ torchvision peer). TIFF is not supported by TensorFlow: counted as `unsupported_
 
 import tensorflow as tf
 
+from seer_tf.data import headers
+
 # Status codes carried by every decoded element; index = code.
-STATUS_NAMES = ("ok", "unreadable", "empty", "unsupported_format", "too_large", "corrupt")
-OK, UNREADABLE, EMPTY, UNSUPPORTED, TOO_LARGE, CORRUPT = range(len(STATUS_NAMES))
+STATUS_NAMES = ("ok", "unreadable", "empty", "unsupported_format", "too_large", "corrupt",
+                "bad_name", "unreadable_dir", "corrupt_shard")
+(OK, UNREADABLE, EMPTY, UNSUPPORTED, TOO_LARGE, CORRUPT, BAD_NAME, UNREADABLE_DIR,
+ CORRUPT_SHARD) = range(len(STATUS_NAMES))
 
 DEFAULT_MAX_PIXELS = 1 << 22  # 4.2 Mpx (2048 x 2048): 12 MB of uint8 RGB per decoded image
 DEFAULT_MAX_DECODE_PIXELS = 1 << 26  # non-JPEG headers above this are not decoded at all
-
-
-def _header_size(encoded):
-    """(height, width) int64 declared by a PNG/GIF/BMP/WebP header; (0, 0) for other formats.
-
-    Branch-free (every layout is read, one is selected): conditionals inside tf.data functions
-    cost start-up time per iterator. `encoded` must be zero-padded to at least 30 bytes.
-    """
-    b = tf.cast(tf.io.decode_raw(tf.strings.substr(encoded, 0, 30), tf.uint8), tf.int64)
-
-    def le(lo, n):  # unsigned little-endian at bytes [lo, lo + n)
-        return tf.reduce_sum(b[lo:lo + n] * (256 ** tf.range(n, dtype=tf.int64)))
-
-    def be(lo, n):  # unsigned big-endian
-        return tf.reduce_sum(b[lo:lo + n] * (256 ** tf.range(n - 1, -1, -1, tf.int64)))
-
-    def signed(v):  # |int32| of an unsigned 32-bit value
-        return tf.abs(tf.where(v >= 1 << 31, v - (1 << 32), v))
-
-    vp8l = le(21, 4)
-    kind = tf.strings.substr(encoded, 12, 4)
-    sizes = [
-        (_starts_with(encoded, b"\x89PNG\r\n\x1a\n"), be(20, 4), be(16, 4)),  # IHDR
-        (_starts_with(encoded, b"GIF8"), le(8, 2), le(6, 2)),  # logical screen
-        (_starts_with(encoded, b"BM"), signed(le(22, 4)), signed(le(18, 4))),  # BITMAPINFOHEADER
-        (_is_webp(encoded) & tf.equal(kind, b"VP8X"), le(27, 3) + 1, le(24, 3) + 1),  # canvas
-        (_is_webp(encoded) & tf.equal(kind, b"VP8L"), vp8l // (1 << 14) % (1 << 14) + 1,
-         vp8l % (1 << 14) + 1),
-        (_is_webp(encoded) & tf.equal(kind, b"VP8 "), le(28, 2) % (1 << 14),
-         le(26, 2) % (1 << 14)),  # key frame
-    ]
-    height, width = tf.constant(0, tf.int64), tf.constant(0, tf.int64)
-    for match, h, w in sizes:
-        height, width = tf.where(match, h, height), tf.where(match, w, width)
-    return height, width
-
-
-def _starts_with(encoded, prefix):
-    return tf.equal(tf.strings.substr(encoded, 0, len(prefix)), prefix)
-
-
-def _is_webp(encoded):
-    head = tf.strings.substr(encoded, 0, 12) + b"\0" * 12  # substr past the end would raise
-    return tf.logical_and(_starts_with(head, b"RIFF"),
-                          tf.equal(tf.strings.substr(head, 8, 4), b"WEBP"))
+MAX_FRAMES = 256  # animated WebP with more ANMF chunks: too_large (GIF: first frame only)
 
 
 # Signatures of what `tf.io.decode_image` reads: JPEG, PNG, GIF, BMP, JPEG XL (codestream and
@@ -89,7 +49,26 @@ _MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"\xff\x0a", b"\x00\x00\x
 
 
 def _known_magic(encoded):
-    return tf.reduce_any(tf.stack([_starts_with(encoded, m) for m in _MAGIC] + [_is_webp(encoded)]))
+    return tf.reduce_any(tf.stack([headers.starts_with(encoded, m) for m in _MAGIC] +
+                                  [headers.is_webp(encoded)]))
+
+
+# A listing can put a status in place of a payload (a directory it could not read, a name it
+# could not represent, a shard that ended early): `skip_marker(status)`. Paths never start with
+# NUL, and no image format starts with these 14 bytes.
+_SKIP_PREFIX = b"\0seer_tf-skip:"
+
+
+def skip_marker(status):
+    """Payload that `decode`/`read_and_decode` turn into `status` without reading anything."""
+    return _SKIP_PREFIX + bytes([int(status)])
+
+
+def _marker_status(payload):
+    """(is_marker bool, status int32) of a payload."""
+    is_marker = headers.starts_with(payload, _SKIP_PREFIX)
+    code = tf.io.decode_raw(tf.strings.substr(payload + b"\0" * 16, len(_SKIP_PREFIX), 1), tf.uint8)
+    return is_marker, tf.cast(code[0], tf.int32)
 
 
 def _fit_pixels(height, width, max_pixels):
@@ -142,12 +121,32 @@ def _decode_other(encoded):
     return tf.io.decode_image(encoded, channels=3, expand_animations=False)
 
 
+def _declared_too_large(encoded, max_decode_pixels, max_frames):
+    """(too_large, payload): the header check, and the bytes to decode (a GIF's first frame).
+
+    Header fields are read from zero-padded bytes: a short file gives a wrong size, not an
+    error, and then fails in the decoder. A GIF whose first image cannot be walked gets an empty
+    payload (then `corrupt`): giflib would inflate every frame of it.
+    """
+    h, w = headers.header_size(encoded + b"\0" * 32)
+    gif = headers.is_gif(encoded)
+    end, gif_ok, fh, fw = tf.cond(
+        gif, lambda: headers.gif_first_frame(encoded),
+        lambda: (tf.constant(0, tf.int64), tf.constant(True), tf.constant(0, tf.int64),
+                 tf.constant(0, tf.int64)))
+    frames = tf.where(headers.is_webp(encoded), headers.webp_frames(encoded), 1)
+    pixels = tf.maximum(h * w, fh * fw) * tf.cast(frames, tf.int64)
+    too_large = (pixels > max_decode_pixels) | (frames > max_frames)
+    payload = tf.where(gif, tf.strings.substr(encoded, tf.constant(0, tf.int64), end) + b";", encoded)
+    payload = tf.where(too_large | (gif & tf.logical_not(gif_ok)), tf.constant(b""), payload)
+    return too_large, payload
+
+
 def _decode(encoded, max_pixels, max_decode_pixels):
-    # Header fields are read from zero-padded bytes: a short file gives a wrong size, not an
-    # error, and then fails in the decoder.
-    h, w = _header_size(encoded + b"\0" * 32)
-    too_large = h * w > max_decode_pixels
-    is_jpeg = tf.io.is_jpeg(encoded)
+    is_marker, marker = _marker_status(encoded)
+    too_large, payload = _declared_too_large(encoded, max_decode_pixels, MAX_FRAMES)
+    payload = tf.where(is_marker, tf.constant(b""), payload)
+    is_jpeg = tf.io.is_jpeg(payload)
 
     def attempt(e):
         image = tf.cond(is_jpeg, lambda: _decode_jpeg_capped(e, max_pixels),
@@ -155,7 +154,7 @@ def _decode(encoded, max_pixels, max_decode_pixels):
         return tf.constant(OK), tf.ensure_shape(image, [None, None, 3])
 
     fallback = (tf.constant(_FAILED), _empty_image())
-    status, image = _guarded(attempt, tf.where(too_large, tf.constant(b""), encoded), fallback)
+    status, image = _guarded(attempt, payload, fallback)
     height, width = tf.shape(image, tf.int64)[0], tf.shape(image, tf.int64)[1]
     th, tw = _fit_pixels(height, width, max_pixels)  # non-JPEG over the cap: resize after
     image = tf.cond(
@@ -166,14 +165,17 @@ def _decode(encoded, max_pixels, max_decode_pixels):
         too_large, TOO_LARGE,
         tf.where(tf.equal(tf.strings.length(encoded), 0), EMPTY,
                  tf.where(_known_magic(encoded), CORRUPT, UNSUPPORTED)))
-    return tf.where(status == OK, status, failed), tf.ensure_shape(image, [None, None, 3])
+    status = tf.where(is_marker, marker, tf.where(status == OK, status, failed))
+    return status, tf.ensure_shape(image, [None, None, 3])
 
 
 def _read_and_decode(path, max_pixels, max_decode_pixels):
-    ok, encoded = _guarded(lambda p: (tf.constant(True), tf.io.read_file(p)), path,
+    is_marker, _ = _marker_status(path)
+    ok, encoded = _guarded(lambda p: (tf.constant(True), tf.io.read_file(p)),
+                           tf.where(is_marker, tf.constant(b""), path),
                            (tf.constant(False), tf.constant(b"")))
-    status, image = _decode(encoded, max_pixels, max_decode_pixels)
-    return tf.where(ok, status, UNREADABLE), image
+    status, image = _decode(tf.where(is_marker, path, encoded), max_pixels, max_decode_pixels)
+    return tf.where(ok | is_marker, status, UNREADABLE), image
 
 
 # Traced once per process and called from every pipeline: tracing these graphs (the guards'
@@ -194,6 +196,24 @@ def read_and_decode(path, max_pixels=DEFAULT_MAX_PIXELS,
     """Never raises: like `decode`, reading the file first (missing/dir/no access: UNREADABLE)."""
     return _read_and_decode_fn(path, tf.constant(max_pixels, tf.int64),
                                tf.constant(max_decode_pixels, tf.int64))
+
+
+def assert_decoded(status, image, what="image"):
+    """`image`, or an InvalidArgumentError naming the status ('too_large', 'corrupt', ...)."""
+    check = tf.debugging.Assert(
+        tf.equal(status, OK),
+        [f"{what} could not be decoded, status:", tf.gather(tf.constant(STATUS_NAMES), status)])
+    with tf.control_dependencies([check]):
+        return tf.identity(image)
+
+
+def decode_or_raise(encoded, max_pixels=DEFAULT_MAX_PIXELS,
+                    max_decode_pixels=DEFAULT_MAX_DECODE_PIXELS):
+    """The guarded decoder for evaluation and serving: uint8 [h, w, 3] or a one-line
+    InvalidArgumentError ("image could not be decoded, status: too_large"); never allocates
+    more than the caps allow (see the module docstring)."""
+    status, image = decode(encoded, max_pixels, max_decode_pixels)
+    return assert_decoded(status, image)
 
 
 class DecodeStats:
