@@ -98,17 +98,19 @@ def run_peer(python, variant, preset, crops, batch, steps, warmup, matmul_peak=F
 
 
 def _ours(preset, crops, batch, precisions, steps, warmup, processes):
+    """Precisions take turns, process by process, like the peer's variants."""
     native_bf16 = cpu.has_native_bf16()
-    ours = {}
-    for precision in precisions:
-        # Half precision on a CPU without native bf16 (no AVX512_BF16 / AMX) is ~8x slower than
-        # fp32: it is measured, with fewer steps and processes.
-        full = precision == "float32" or native_bf16
-        ours[precision] = best_of([
-            run_ours(preset=preset, crops=crops, batch=batch, precision=precision,
-                     steps=steps if full else 2, warmup=warmup if full else 1)
-            for _ in range(processes if full else max(1, processes // 3))])
-    return ours
+    runs = {precision: [] for precision in precisions}
+    for i in range(processes):
+        for precision in precisions:
+            # Half precision on a CPU without native bf16 (no AVX512_BF16 / AMX) is ~8x slower
+            # than fp32: it is measured, with fewer steps and processes.
+            full = precision == "float32" or native_bf16
+            if full or i < max(1, processes // 3):
+                runs[precision].append(run_ours(
+                    preset=preset, crops=crops, batch=batch, precision=precision,
+                    steps=steps if full else 2, warmup=warmup if full else 1))
+    return {precision: best_of(r) for precision, r in runs.items()}
 
 
 def _peer(python, variants, preset, crops, batch, steps, warmup, processes):
