@@ -14,7 +14,7 @@ import tensorflow as tf
 from PIL import Image
 
 from seer_tf.bin import pack_tfrecords
-from seer_tf.data import decode, headers, sources
+from seer_tf.data import decode, headers, listing, sources
 import image_zoo
 
 
@@ -144,7 +144,7 @@ def test_refresh_picks_up_new_files_and_skips_deleted_ones(tmp_path):
 
 
 def test_iterator_checkpoint_resumes_the_same_stream(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "_CHUNK", 3)  # several listing pages per pass
+    monkeypatch.setattr(listing, "CHUNK", 3)  # several listing pages per pass
     _colored_dir(str(tmp_path), 11)
     make = lambda: sources.image_stream(sources.DirectorySource(str(tmp_path)),  # noqa: E731
                                         shuffle_buffer=4, seed=1)[0]

@@ -56,18 +56,26 @@ def _known_magic(encoded):
 # A listing can put a status in place of a payload (a directory it could not read, a name it
 # could not represent, a shard that ended early): `skip_marker(status)`. Paths never start with
 # NUL, and no image format starts with these 14 bytes.
-_SKIP_PREFIX = b"\0seer_tf-skip:"
+SKIP_PREFIX = b"\0seer_tf-skip:"
 
 
 def skip_marker(status):
     """Payload that `decode`/`read_and_decode` turn into `status` without reading anything."""
-    return _SKIP_PREFIX + bytes([int(status)])
+    return SKIP_PREFIX + bytes([int(status)])
+
+
+def marker_name(payload):
+    """The name carried by a skip marker (marker + name), else the payload itself."""
+    is_marker = headers.starts_with(payload, SKIP_PREFIX)
+    rest = tf.maximum(tf.strings.length(payload) - len(SKIP_PREFIX) - 1, 0)
+    name = tf.strings.substr(payload + b"\0" * 16, len(SKIP_PREFIX) + 1, rest)
+    return tf.where(is_marker, name, payload)
 
 
 def _marker_status(payload):
     """(is_marker bool, status int32) of a payload."""
-    is_marker = headers.starts_with(payload, _SKIP_PREFIX)
-    code = tf.io.decode_raw(tf.strings.substr(payload + b"\0" * 16, len(_SKIP_PREFIX), 1), tf.uint8)
+    is_marker = headers.starts_with(payload, SKIP_PREFIX)
+    code = tf.io.decode_raw(tf.strings.substr(payload + b"\0" * 16, len(SKIP_PREFIX), 1), tf.uint8)
     return is_marker, tf.cast(code[0], tf.int32)
 
 
