@@ -31,6 +31,10 @@ def swav_config() -> ml_collections.ConfigDict:
         flip_prob=0.5, jitter_strength=0.8, jitter_prob=0.8, grayscale_prob=0.2, blur_prob=0.5,
         max_pixels=4096 * 4096, shuffle_buffer=10_000, seed=0,
         image_size=32,             # digits source only: upscaled size
+        listing_strides=1,         # >1: each pass is that many interleaved sub-passes, so a
+                                   # refresh samples the whole listing (>= size / refresh)
+        exact_resume=True,         # checkpoint the input iterator (shuffle buffer included:
+                                   # ~buffer x record size); False: resume reseeds from the step
     )
     c.swav = dict(
         temperature=0.1, epsilon=0.05, sinkhorn_iterations=3, crops_for_assign=(0, 1),
@@ -38,6 +42,10 @@ def swav_config() -> ml_collections.ConfigDict:
     )
     c.optim = dict(
         lr_per_256=0.3, start_lr=0.3, final_lr=0.0, warmup_steps=0,
+        schedule="cosine",         # cosine | plateau (fixed lr halved on loss plateaus) | constant
+        plateau_patience=5000,     # plateau: steps without a min_delta improvement of the
+        plateau_min_delta=0.01,    # smoothed loss before the lr is halved, down to min_lr
+        plateau_min_lr=0.0, plateau_smoothing=0.99,  # EMA factor of the smoothed loss
         weight_decay=1e-6, momentum=0.9, trust_coefficient=0.001,
         exclude_vectors_from_weight_decay=False, exclude_vectors_from_adaptation=False,
     )
@@ -72,6 +80,7 @@ def seer_config(preset: str, head_dims, head_use_bn: bool) -> ml_collections.Con
     c.model.remat = "block"
     c.data.source = "files"
     c.data.refresh_every_steps = 5000
+    c.data.listing_strides = 32  # a refresh (5000 x 8192 = 41M) samples all of ~1.3B images
     c.swav.sinkhorn_iterations = 10
     c.optim.update(lr_per_256=0.3, start_lr=0.3, final_lr=0.0096, warmup_steps=8000,
                    weight_decay=1e-5)

@@ -6,6 +6,7 @@ Command (per worker; see experiments/launch/multi_worker.sh for TF_CONFIG):
 Hardware: SEER used 512 V100 32GB GPUs (batch 8192 = 16 per GPU) for ~122k steps; the same config
 runs on 64 hosts x 8 GPUs or a TPU pod (--config.train.strategy=tpu, mixed_bfloat16).
 Expected: SEER paper: ImageNet fine-tune 84.2%, linear probe 77.5%, 10% low-shot 77.9%.
+Schedule: optim.schedule="cosine" (base.seer_config): warmup 8k steps, cosine from 9.6 to 0.0096.
 Head: [trunk width] + [8192, 8192, 256] (BN: False), K=16000 prototypes (VISSL seer configs).
 """
 

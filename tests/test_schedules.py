@@ -140,3 +140,90 @@ def test_halve_on_plateau_drives_the_optimizer_without_retracing():
     np.testing.assert_allclose(w.numpy(), -0.75)
     assert step.experimental_get_tracing_count() == 1
     assert float(opt.learning_rate.numpy()) == 0.25
+
+
+# optim.schedule = "plateau": warmup 2, patience 3, min_delta 0.1, raw losses (smoothing 0).
+# Observations 1-2 are warmup; 3 improves; 4-6 do not (2.95 is not below 3.0 - 0.1) -> cut
+# after 6; 7 improves; 8 is NaN (ignored); 9-11 -> cut; 12-14 -> cut; 15-17 -> cut to min_lr.
+_PLATEAU_LOSSES = [5.0, 4.0, 3.0, 2.95, 2.95, 2.95, 2.0, float("nan")] + [1.95] * 12
+_PLATEAU_CUTS = [6, 11, 14, 17, 20]
+_PLATEAU_ARGS = dict(peak_lr=1.0, warmup_steps=2, start_lr=0.1, patience=3, min_delta=0.1,
+                     min_lr=0.1)
+
+
+def _lr_trace(schedule, losses, first=1):
+    observe = tf.function(schedule.observe_loss)
+    trace = []
+    for k, loss in enumerate(losses, start=first):
+        observe(tf.constant(loss))
+        trace.append((k, float(schedule.lr.numpy())))
+    return trace
+
+
+def _cuts(trace, start_lr=1.0):
+    cuts, previous = [], start_lr
+    for k, lr in trace:
+        if lr != previous:
+            cuts.append(k)
+        previous = lr
+    return cuts
+
+
+def test_warmup_plateau_halves_at_the_golden_steps():
+    from seer_tf.optim.schedules import WarmupPlateau
+
+    schedule = WarmupPlateau(**_PLATEAU_ARGS)
+    trace = _lr_trace(schedule, _PLATEAU_LOSSES)
+    assert _cuts(trace) == _PLATEAU_CUTS[:4]  # the fifth would go below min_lr: clamped
+    assert [lr for _, lr in trace][-1] == pytest.approx(0.1)
+    assert [lr for k, lr in trace if k in (5, 6, 10, 11, 14, 17)] == pytest.approx(
+        [1.0, 0.5, 0.5, 0.25, 0.125, 0.1])
+    assert int(schedule.num_cuts.numpy()) == 5 and float(schedule.best.numpy()) == 2.0
+    # __call__: the warmup ramp (np.linspace(0.1, 1.0, 2)), then the current LR variable.
+    assert float(schedule(0)) == pytest.approx(0.1) and float(schedule(1)) == pytest.approx(1.0)
+    assert float(schedule(100)) == pytest.approx(0.1)
+    with pytest.raises(ValueError):
+        WarmupPlateau(1.0, patience=0)
+
+
+def test_warmup_plateau_smooths_with_a_bias_corrected_ema():
+    from seer_tf.optim.schedules import WarmupPlateau
+
+    schedule = WarmupPlateau(1.0, smoothing=0.5)
+    for loss in (4.0, 2.0):
+        schedule.observe_loss(tf.constant(loss))
+    # weights 0.5 and 1 (EMA 0.5), normalized: (0.5 * 4 + 2) / 1.5
+    assert float(schedule.smoothed_loss()) == pytest.approx(4.0 / 1.5)
+
+
+def test_warmup_plateau_resumed_between_two_cuts_cuts_at_the_same_steps(tmp_path):
+    from seer_tf.optim.schedules import WarmupPlateau
+
+    full = _lr_trace(WarmupPlateau(**_PLATEAU_ARGS), _PLATEAU_LOSSES)
+    first = WarmupPlateau(**_PLATEAU_ARGS)
+    head = _lr_trace(first, _PLATEAU_LOSSES[:9])  # after the cut at 6, before the one at 11
+    path = tf.train.Checkpoint(schedule=first).save(str(tmp_path / "ckpt"))
+    resumed = WarmupPlateau(**_PLATEAU_ARGS)
+    tf.train.Checkpoint(schedule=resumed).restore(path).assert_consumed()
+    tail = _lr_trace(resumed, _PLATEAU_LOSSES[9:], first=10)
+    assert head + tail == full and _cuts(head + tail) == _PLATEAU_CUTS[:4]
+
+
+def test_warmup_plateau_drives_larc_and_is_found_under_loss_scaling():
+    from seer_tf.optim.schedules import WarmupPlateau, observing_schedule
+
+    schedule = WarmupPlateau(0.5, patience=1)
+    w = keras.Variable(np.zeros(3, np.float32))
+    opt = LARC(learning_rate=schedule, momentum=0.0, weight_decay=0.0,
+               exclude_from_adaptation=".*")
+    step = tf.function(lambda: opt.apply([tf.ones(3)], [w]))
+    step()
+    np.testing.assert_allclose(w.numpy(), -0.5)
+    schedule.observe_loss(1.0)
+    schedule.observe_loss(1.0)  # no improvement for 1 step -> 0.25
+    step()
+    np.testing.assert_allclose(w.numpy(), -0.75)
+    assert step.experimental_get_tracing_count() == 1
+    assert observing_schedule(opt) is schedule
+    assert observing_schedule(keras.optimizers.LossScaleOptimizer(opt)) is schedule
+    assert observing_schedule(LARC(learning_rate=0.1)) is None

@@ -121,15 +121,29 @@ def build_model(config):
 
 
 def build_optimizer(config):
+    """LARC with the `optim.schedule` LR: SwAV's warmup + cosine, SEER's warmup + fixed LR
+    halved on loss plateaus (the loop feeds it the loss: schedules.observing_schedule), or
+    warmup + constant."""
     import keras
 
     from seer_tf.optim.lars import LARC
-    from seer_tf.optim.schedules import WarmupCosine, scaled_lr
+    from seer_tf.optim.schedules import WarmupCosine, WarmupPlateau, scaled_lr
 
     o, t = config.optim, config.train
     peak = scaled_lr(o.lr_per_256, t.batch_size)
-    schedule = WarmupCosine(peak, t.total_steps, warmup_steps=min(o.warmup_steps, t.total_steps - 1),
-                            start_lr=o.start_lr if o.warmup_steps else peak, final_lr=o.final_lr)
+    warmup = min(o.warmup_steps, t.total_steps - 1)
+    start = o.start_lr if o.warmup_steps else peak
+    kind = o.get("schedule", "cosine")
+    if kind == "plateau":
+        schedule = WarmupPlateau(peak, warmup_steps=warmup, start_lr=start,
+                                 patience=o.plateau_patience, min_delta=o.plateau_min_delta,
+                                 min_lr=o.plateau_min_lr, smoothing=o.plateau_smoothing)
+    elif kind in ("cosine", "constant"):
+        final = o.final_lr if kind == "cosine" else peak
+        schedule = WarmupCosine(peak, t.total_steps, warmup_steps=warmup, start_lr=start,
+                                final_lr=final)
+    else:
+        raise ConfigError(f"optim.schedule must be cosine, plateau or constant, got {kind!r}")
     opt = LARC(schedule, momentum=o.momentum, weight_decay=o.weight_decay,
                trust_coefficient=o.trust_coefficient,
                exclude_vectors_from_weight_decay=o.exclude_vectors_from_weight_decay,
@@ -185,26 +199,34 @@ def build_dataset_fn(config):
             ctx, start, batch, crops, augment, image_size=d.image_size, seed=d.seed)
     source = build_source(d)
     stats_seen = []
+    exact = bool(d.get("exact_resume", True))
 
     def dataset_fn(ctx, start):
+        """Exact resume (data.exact_resume): the same stream whatever `start` is; the loop
+        restores the iterator from the checkpoint (`checkpoint_input`), shuffle buffer and all.
+        Approximate resume: the iterator is not saved and a resumed run reshuffles with a seed
+        derived from the step (fresh samples, not a replay of the interrupted pass)."""
         from seer_tf.data import pipeline
 
-        # Files have no step-addressable order: a resumed run reshuffles with a seed derived
-        # from the step, so it sees fresh samples rather than replaying the interrupted epoch.
         ds, stats = pipeline.training_stream(
             source, global_batch_size=batch, crops=crops, augment=augment, input_context=ctx,
-            seed=d.seed + 1_000_003 * start, dtype=dtype, shuffle_buffer=d.shuffle_buffer,
-            refresh_every=d.refresh_every_steps * batch or None, max_pixels=d.max_pixels)
+            seed=d.seed if exact else d.seed + 1_000_003 * start, dtype=dtype,
+            shuffle_buffer=d.shuffle_buffer, refresh_every=d.refresh_every_steps * batch or None,
+            max_pixels=d.max_pixels, strides=d.get("listing_strides", 1))
         stats_seen.append(stats)
         return ds
 
     dataset_fn.decode_stats = stats_seen
+    dataset_fn.checkpoint_input = exact
     return dataset_fn
 
 
 def build_source(d):
+    """The configured source, checked now (missing paths, empty globs, unprepared TFDS data:
+    one UsageError line before any graph is built)."""
     from seer_tf.data import sources
 
+    source = None
     if d.source == "files":
         _check(len(d.paths) > 0, "data.paths is empty: give directories, globs or .txt file lists")
         lists = [p for p in d.paths if p.endswith(".txt")]
@@ -212,14 +234,16 @@ def build_source(d):
         globs = [p for p in d.paths if any(c in p for c in "*?[") and not p.endswith(".txt")]
         _check(len([x for x in (lists, dirs, globs) if x]) == 1,
                "data.paths must be all directories, all globs, or all .txt file lists")
-        return (sources.FileListSource(lists) if lists else
-                sources.DirectorySource(dirs) if dirs else sources.GlobSource(globs))
+        source = (sources.FileListSource(lists) if lists else
+                  sources.DirectorySource(dirs) if dirs else sources.GlobSource(globs))
     if d.source == "tfrecord":
         _check(len(d.paths) > 0, "data.paths is empty: give TFRecord shard globs")
-        return sources.TFRecordSource(list(d.paths))
+        source = sources.TFRecordSource(list(d.paths))
     if d.source == "tfds":
         _check(bool(d.tfds_name), "data.tfds_name is empty")
-        return sources.TfdsSource(d.tfds_name, data_dir=d.data_dir or None, split=d.tfds_split)
+        source = sources.TfdsSource(d.tfds_name, data_dir=d.data_dir or None, split=d.tfds_split)
+    if source is not None:
+        return sources.check_source(source)
     raise ConfigError(f"data.source must be synthetic, digits, files, tfrecord or tfds, "
                       f"got {d.source!r}")
 

@@ -47,11 +47,18 @@ def training_stream(source, per_replica_batch_size=None, *, global_batch_size=No
                     seed=0, dtype=tf.float32, shuffle_buffer=10_000, refresh_every=None,
                     num_epochs=None, stats=None, max_pixels=DEFAULT_MAX_PIXELS,
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=None,
-                    drop_remainder=True):
+                    drop_remainder=True, strides=1):
     """Batches of multi-crops from `source`; returns (dataset, DecodeStats).
 
     `dtype` may be tf.bfloat16 to halve host-to-device traffic (the crops are cast at the end).
-    `refresh_every`, `num_epochs`, `shuffle_buffer`, `max_pixels`: see `sources.image_stream`.
+    `refresh_every`, `num_epochs`, `shuffle_buffer`, `max_pixels`, `strides`: see
+    `sources.image_stream`.
+
+    Exact resume: the returned dataset's iterator is saveable (`tf.train.Checkpoint(
+    iterator=iter(ds))`, or the distributed iterator of `distribute_datasets_from_function`);
+    restored into a freshly built stream with the same arguments it continues bit for bit
+    (augmentations are stateless, keyed by the element index, which `enumerate` saves). What the
+    checkpoint then holds: `sources.checkpointable_options`.
     """
     batch = _batch_size(per_replica_batch_size, global_batch_size, input_context)
     n, i = sources_lib.pipeline_shard(input_context, num_input_pipelines, input_pipeline_id)
@@ -59,7 +66,7 @@ def training_stream(source, per_replica_batch_size=None, *, global_batch_size=No
         source, num_input_pipelines=n, input_pipeline_id=i, seed=seed,
         shuffle_buffer=shuffle_buffer, refresh_every=refresh_every, num_epochs=num_epochs,
         stats=stats, max_pixels=max_pixels, num_parallel_calls=num_parallel_calls,
-        deterministic=deterministic, prefetch=False)
+        deterministic=deterministic, prefetch=False, strides=strides)
 
     def crop(index, element):
         _, image = element
@@ -69,4 +76,5 @@ def training_stream(source, per_replica_batch_size=None, *, global_batch_size=No
     ds = images.enumerate().map(crop, num_parallel_calls=num_parallel_calls,
                                 deterministic=deterministic)
     ds = ds.batch(batch, drop_remainder=drop_remainder)
-    return ds.prefetch(tf.data.AUTOTUNE), stats
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(sources_lib.checkpointable_options()), stats

@@ -17,8 +17,14 @@
 - `scaled_lr`: Goyal et al. 2017 linear scaling rule (SwAV/SEER: 0.3 per 256 images).
 - `StepDecay`: multiply by gamma at given steps, torch `MultiStepLR` semantics (the decayed
   value applies from the boundary step on); the linear probe's x0.1 at epochs 8/16/24.
-- `HalveOnPlateau`: SEER's smaller runs used a fixed LR halved when the loss stops falling; a
-  host-side controller with checkpointable tf.Variable state, callable as the optimizer's LR.
+- `WarmupPlateau`: SEER's fixed LR halved when the loss stops falling (bin/pretrain's
+  `optim.schedule = "plateau"`): warmup as `WarmupCosine`, then the LR is held and halved when
+  the smoothed training loss has not improved for `patience` steps. A LearningRateSchedule and
+  a tf.Module: its state is tf.Variables (checkpoint it as "schedule"), updated in graph by
+  `observe_loss(loss)`, which the training loop calls once per step with the global loss
+  (`observing_schedule(optimizer)` finds it).
+- `HalveOnPlateau`: the same rule driven from Python (`update(loss)` per epoch or evaluation
+  window), callable as the optimizer's LR.
 
 Schedules compute in float32 (TPU has no float64); the optimizer casts to the variable dtype.
 """
@@ -153,3 +159,86 @@ class HalveOnPlateau(tf.Module):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="seer_tf")
+class WarmupPlateau(keras.optimizers.schedules.LearningRateSchedule, tf.Module):
+    """Linear warmup to `peak_lr`, then a fixed LR multiplied by `factor` on loss plateaus.
+
+    `observe_loss(loss)` (graph op, once per step, cross-replica, the globally reduced loss):
+      smoothed = bias-corrected EMA of the finite losses (`smoothing`; 0 = the raw loss);
+      after warmup, smoothed < best - min_delta is an improvement (best = smoothed, wait = 0),
+      anything else adds 1 to wait; wait == patience halves the LR (not below min_lr), wait = 0
+      and best is kept (torch ReduceLROnPlateau, mode="min", threshold_mode="abs", per step).
+    Non-finite losses are ignored (the loop skips those steps). Losses observed during warmup
+    feed the EMA only. `__call__(step)` is the warmup ramp for step < warmup_steps, then the
+    current LR variable: the optimizer reads it every step without retracing.
+    """
+
+    def __init__(self, peak_lr, warmup_steps=0, start_lr=0.0, patience=5000, min_delta=0.0,
+                 min_lr=0.0, smoothing=0.0, factor=0.5, name="warmup_plateau"):
+        tf.Module.__init__(self, name=name)
+        if patience < 1 or not 0.0 < factor < 1.0 or not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"need patience >= 1, 0 < factor < 1, 0 <= smoothing < 1, got "
+                             f"{patience}, {factor}, {smoothing}")
+        self.peak_lr, self.warmup_steps = float(peak_lr), int(warmup_steps)
+        self.start_lr, self.patience = float(start_lr), int(patience)
+        self.min_delta, self.min_lr = float(min_delta), float(min_lr)
+        self.smoothing, self.factor = float(smoothing), float(factor)
+
+        def var(value, dtype, var_name):
+            return tf.Variable(value, trainable=False, dtype=dtype, name=var_name,
+                               aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+        self.lr = var(self.peak_lr, tf.float32, "lr")
+        self.ema = var(0.0, tf.float32, "loss_ema")  # not bias-corrected
+        self.best = var(np.inf, tf.float32, "best_loss")
+        self.observed = var(0, tf.int64, "observed")
+        self.wait = var(0, tf.int64, "wait")
+        self.num_cuts = var(0, tf.int64, "num_cuts")
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        ramp = self.start_lr + (self.peak_lr - self.start_lr) * step / max(
+            self.warmup_steps - 1.0, 1.0)
+        return tf.where(step < self.warmup_steps, ramp, tf.convert_to_tensor(self.lr))
+
+    def smoothed_loss(self):
+        n = tf.cast(tf.maximum(self.observed, 1), tf.float32)
+        return self.ema / (1.0 - tf.pow(tf.constant(self.smoothing, tf.float32), n))
+
+    def observe_loss(self, loss):
+        """Record one step's loss (a TF op; see the class docstring). Returns nothing."""
+        loss = tf.cast(tf.reshape(loss, []), tf.float32)
+        finite = tf.math.is_finite(loss)
+        ema = self.smoothing * self.ema + (1.0 - self.smoothing) * loss
+        observed = self.observed + 1
+        self.ema.assign(tf.where(finite, ema, self.ema))
+        self.observed.assign(tf.where(finite, observed, self.observed))
+        smoothed = self.smoothed_loss()
+        active = finite & (observed > self.warmup_steps)
+        improved = active & (smoothed < self.best - self.min_delta)
+        wait = tf.where(improved, tf.constant(0, tf.int64),
+                        tf.where(active, self.wait + 1, self.wait))
+        cut = wait >= self.patience
+        self.best.assign(tf.where(improved, smoothed, self.best))
+        self.lr.assign(tf.where(cut, tf.maximum(self.lr * self.factor, self.min_lr), self.lr))
+        self.num_cuts.assign_add(tf.cast(cut, tf.int64))
+        self.wait.assign(tf.where(cut, tf.constant(0, tf.int64), wait))
+
+    def get_config(self):
+        return dict(peak_lr=self.peak_lr, warmup_steps=self.warmup_steps, start_lr=self.start_lr,
+                    patience=self.patience, min_delta=self.min_delta, min_lr=self.min_lr,
+                    smoothing=self.smoothing, factor=self.factor)
+
+
+def observing_schedule(optimizer):
+    """The LR schedule of `optimizer` (or of the optimizer a LossScaleOptimizer wraps) that has
+    `observe_loss`, else None. Keras 3's `optimizer.learning_rate` is the current *value*; the
+    schedule object is `_learning_rate`."""
+    for opt in (optimizer, getattr(optimizer, "inner_optimizer", None)):
+        for attr in ("_learning_rate", "learning_rate"):
+            schedule = getattr(opt, attr, None) if opt is not None else None
+            if hasattr(schedule, "observe_loss"):
+                return schedule
+    return None
