@@ -1,7 +1,7 @@
 """SavedModel for serving: raw images in, trunk features (and SwAV outputs) out.
 
 The preprocessing is inside the graph, so a client sends what it has and gets the same features
-`seer_tf.eval` computes (the functions are shared: `eval.features.eval_preprocess`):
+`seer_tf.eval` computes (the functions are shared: `eval.inputs.eval_preprocess`):
   * `serving_bytes`: tf.string [N] of encoded JPEG/PNG/GIF/BMP/WebP. Each image is decoded
     (JPEG with the accurate DCT, equal to PIL), its shorter side resized to `resize`, center
     cropped to `crop`, normalized with ImageNet mean/std. Images may differ in size. An
@@ -10,7 +10,8 @@ The preprocessing is inside the graph, so a client sends what it has and gets th
   * `serving_images`: uint8 [N, H, W, 3], any H, W (one size per batch): same minus decoding.
 Outputs: "pooled" [N, d] (the SEER/VISSL `avgpool` feature, or another endpoint average-pooled),
 and for a SwAVModel also "embedding" (the L2-normalized projection), "prototype" (int64 argmax
-of the first prototype head's scores, the image's cluster) and "prototype_score" (its score).
+of the first prototype head's scores, the image's cluster), "prototype_score" (its score) and
+"prototype_scores" (all K scores of that head).
 
 Plain `tf.Module` + `tf.saved_model.save` with explicit signatures, so TF Serving,
 `saved_model_cli run` and `tf.saved_model.load` all work without Keras or seer_tf installed.
@@ -23,7 +24,9 @@ from typing import Optional
 
 import tensorflow as tf
 
-from seer_tf.eval.features import decode_image_bytes, eval_preprocess, pooled_endpoint, trunk_of
+from seer_tf.eval.features import pooled_endpoint
+from seer_tf.eval.inputs import decode_image_bytes, eval_preprocess
+from seer_tf.weights import trunk_of
 
 
 class ServingModule(tf.Module):
@@ -60,6 +63,7 @@ class ServingModule(tf.Module):
                 out["embedding"] = tf.cast(embedding, tf.float32)
                 out["prototype"] = tf.argmax(scores, axis=-1, output_type=tf.int64)
                 out["prototype_score"] = tf.reduce_max(scores, axis=-1)
+                out["prototype_scores"] = scores
             return out
 
         def preprocess_one(encoded):

@@ -17,7 +17,8 @@ def test_short_digits_demo_beats_random_init(tmp_path):
                         "--config.train.histogram_every=0"],
                        env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
-    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    summary = json.loads(next(line for line in reversed(r.stdout.splitlines())
+                              if line.startswith("{")))  # the next commands follow it
     ours = summary["SwAV-pretrained RegNetY (ours)"]
     random_init = summary["same network, random init"]
     assert summary["steps"] == 250

@@ -1,5 +1,6 @@
 """Features of a frozen trunk for a folder or a list of images, in order, as .npy.
 
+    python -m seer_tf.bin.extract_features --input=/photos --workdir=WORKDIR --output=out/feats
     python -m seer_tf.bin.extract_features --input=/photos --weights=seer.keras --output=out/feats
     python -m seer_tf.bin.extract_features --input=files.txt --weights=WORKDIR \
         --preset=seer_regnety_256gf --endpoint=stage3 --output=out/feats
@@ -9,8 +10,8 @@ text file with one path per line (relative paths are relative to the current dir
 order is kept). Writes `<output>.npy` (float32 [N, d]) and `<output>.paths.txt` (the N paths, row
 i of the array = line i). Files that cannot be read or decoded are skipped, never fatal: they are
 listed in `<output>.skipped.txt` and counted in the JSON report printed at the end.
-Preprocessing is the evaluation/export one (`eval.features.eval_preprocess`), so these features
-equal what the exported SavedModel returns.
+Preprocessing is the evaluation/export one (`eval.inputs.eval_preprocess`; sizes default to the
+workdir's run, else 256/224), so these features equal what the exported SavedModel returns.
 """
 
 from __future__ import annotations
@@ -26,24 +27,24 @@ from seer_tf import usage
 
 _INPUT = flags.DEFINE_string("input", None, "A directory of images or a text file of paths.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output prefix: <output>.npy, <output>.paths.txt.")
-_WEIGHTS = flags.DEFINE_string("weights", None, "Model weights (see eval.features.load_model).")
-_PRESET = flags.DEFINE_string("preset", None, "RegNet preset of a TF checkpoint / workdir.")
-_MODEL_CONFIG = flags.DEFINE_string("model_config", None, "JSON get_config() of the model.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Pretraining workdir (model.json + checkpoints).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step of --workdir (default: the latest).")
+_WEIGHTS = flags.DEFINE_string("weights", None, "Model weights (instead of --workdir).")
+_PRESET = flags.DEFINE_string("preset", None, "RegNet preset of a bare TF checkpoint.")
+_MODEL_CONFIG = flags.DEFINE_string("model_config", None, "JSON architecture of --weights.")
 _ALLOW_PICKLE = flags.DEFINE_bool("allow_pickle", False, "Unpickle .pth files you trust.")
 _ENDPOINT = flags.DEFINE_string("endpoint", "pooled", "Trunk endpoint, average-pooled.")
-_RESIZE = flags.DEFINE_integer("resize", 256, "Shorter side before the center crop.")
-_CROP = flags.DEFINE_integer("crop", 224, "Center crop size.")
+_RESIZE = flags.DEFINE_integer("resize", None, "Shorter side before the center crop (256).")
+_CROP = flags.DEFINE_integer("crop", None, "Center crop size (224).")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Images per batch.")
 
 
 def _validate(argv):
     usage.require_no_extra_args(argv)
-    if not _INPUT.value or not _OUTPUT.value or not _WEIGHTS.value:
-        raise usage.UsageError("--input, --output and --weights are required")
+    if not _INPUT.value or not _OUTPUT.value or not (_WEIGHTS.value or _WORKDIR.value):
+        raise usage.UsageError("--input, --output and one of --workdir / --weights are required")
     if not os.path.exists(_INPUT.value):  # before importing TensorFlow: fail fast
         raise usage.UsageError(f"--input={_INPUT.value}: no such directory or file")
-    if _RESIZE.value and _RESIZE.value < _CROP.value:
-        raise usage.UsageError(f"--resize ({_RESIZE.value}) must be >= --crop ({_CROP.value})")
 
 
 def main(argv):
@@ -54,12 +55,17 @@ def _main(argv):
     _validate(argv)
     import numpy as np
 
-    from seer_tf.eval.features import extract_files, list_images, load_model
+    from seer_tf import weights
+    from seer_tf.eval import inputs
+    from seer_tf.eval.features import extract_files
 
-    paths = list_images(_INPUT.value)
-    model = load_model(_WEIGHTS.value, _PRESET.value, _MODEL_CONFIG.value, _ALLOW_PICKLE.value)
-    feats, kept = extract_files(model, paths, _ENDPOINT.value, _RESIZE.value, _CROP.value,
-                                _BATCH.value)
+    config = weights.read_config(_WORKDIR.value) if _WORKDIR.value else None
+    _, _, resize, crop = inputs.resolve(config, None, _RESIZE.value, _CROP.value)
+    paths = inputs.list_images(_INPUT.value)
+    model = weights.load_model(_WEIGHTS.value, workdir=_WORKDIR.value, step=_STEP.value,
+                               preset=_PRESET.value, model_config=_MODEL_CONFIG.value,
+                               allow_pickle=_ALLOW_PICKLE.value)
+    feats, kept = extract_files(model, paths, _ENDPOINT.value, resize, crop, _BATCH.value)
     prefix = _OUTPUT.value[:-4] if _OUTPUT.value.endswith(".npy") else _OUTPUT.value
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     np.save(prefix + ".npy", feats.astype(np.float32))

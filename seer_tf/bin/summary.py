@@ -12,6 +12,7 @@ import sys
 
 from absl import app, flags
 
+from seer_tf import usage
 from seer_tf.models import complexity, family as regnet
 
 FLAGS = flags.DEFINE_string("preset", "seer_regnety_256gf", "RegNet preset name (see --list).")
@@ -45,15 +46,15 @@ def format_table(s: dict) -> str:
 
 
 def main(argv):
-    del argv
+    return usage.run(lambda: _main(argv))
+
+
+def _main(argv):
+    usage.require_no_extra_args(argv)
     if _LIST.value:
         print("\n".join(regnet.preset_names()))
         return 0
-    try:
-        s = summarize(FLAGS.value, _CLASSES.value, _RES.value)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    s = summarize(FLAGS.value, _CLASSES.value, _RES.value)
     print(json.dumps(s, indent=1) if _JSON.value else format_table(s))
     return 0
 

@@ -7,11 +7,18 @@ The same probe is applied to three feature sets, measured in the same run:
 Probe: standardized features, multinomial logistic regression (scikit-learn), on a 70/30
 stratified split (seed 0), and on 5 labels per class drawn from the training part. Collapse
 check: how many prototypes are the argmax of at least one digit.
+
+The demo ends with the commands to try next on its own workdir (evaluation, serving export, a
+request to the export, TensorBoard), each runnable as printed: the bytes request reads
+`WORKDIR/examples/digits_png.npy`, a few digits PNG-encoded, which the demo writes.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import shlex
 import time
 
 import numpy as np
@@ -58,6 +65,40 @@ def prototypes_used(model, images_uint8, batch=512):
     return int(len(np.unique(hits)))
 
 
+def write_examples(workdir, images_uint8, count=4):
+    """WORKDIR/examples/digits_png.npy: `count` digits as PNG bytes in a fixed-width bytes array
+    (no pickle; a PNG ends with its IEND checksum, never with the NUL numpy strips), the input
+    of the export's `serving_bytes`; digits_uint8.npy is the `serving_images` input."""
+    from PIL import Image
+
+    folder = os.path.join(workdir, "examples")
+    os.makedirs(folder, exist_ok=True)
+    encoded = []
+    for image in images_uint8[:count]:
+        buffer = io.BytesIO()
+        Image.fromarray(np.asarray(image, np.uint8)).save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    paths = {"bytes": os.path.join(folder, "digits_png.npy"),
+             "uint8": os.path.join(folder, "digits_uint8.npy")}
+    np.save(paths["bytes"], np.array(encoded, dtype=bytes))
+    np.save(paths["uint8"], np.asarray(images_uint8[:count], np.uint8))
+    return paths
+
+
+def next_commands(workdir):
+    """The commands to try next on this run's workdir, as printed (see the module docstring)."""
+    w = shlex.quote(workdir)
+    serving = shlex.quote(os.path.join(workdir, "serving"))
+    example = shlex.quote(os.path.join(workdir, "examples", "digits_png.npy"))
+    return [
+        f"python -m seer_tf.bin.evaluate --workdir={w} --protocol=knn",
+        f"python -m seer_tf.bin.export --workdir={w} --output={serving}",
+        f"saved_model_cli run --dir {serving} --tag_set serve --signature_def serving_bytes "
+        f"--inputs images={example}",
+        f"tensorboard --logdir {shlex.quote(os.path.join(workdir, 'tensorboard'))}",
+    ]
+
+
 def run_demo(config, workdir, run_fn, build_model):
     """Pretrain with `run_fn(config, workdir)`, then print the comparison table; exit code 0."""
     import keras
@@ -93,4 +134,7 @@ def run_demo(config, workdir, run_fn, build_model):
                "prototypes_used": used, "num_prototypes": k,
                **{name: {"linear": lin, "few_shot": few} for name, (lin, few) in rows.items()}}
     print(json.dumps(summary))
+    write_examples(workdir, images)
+    print("\nNext, on this run (kNN on the digits, a serving export, a request to it, the curves):")
+    print("\n".join(f"  {c}" for c in next_commands(workdir)))
     return 0

@@ -4,9 +4,10 @@ SEER (Goyal et al. 2021, section 4.1): "we finetune for 35 epochs with SGD, a ba
 a learning rate of 0.0125 reduced by a factor of 10 after 30 epochs, a weight decay of 1e-4 and
 momentum of 0.9". The classifier is a fresh Linear on the pooled feature (N(0, 0.01) init, zero
 bias as VISSL's MLP head); BatchNorm layers of the trunk train (batch statistics), as PyTorch
-fine-tuning does. Training images get the standard ImageNet augmentation (random resized crop
-scale (0.08, 1), aspect (3/4, 4/3), horizontal flip; `train_preprocess`), evaluation the center
-crop (`features.eval_preprocess`). Every number is a `FinetuneConfig` field.
+fine-tuning does. Training images get the standard ImageNet augmentation (torchvision's
+RandomResizedCrop, scale (0.08, 1), aspect (3/4, 4/3), and a horizontal flip:
+`eval.inputs.augment`), evaluation the center crop (`eval.inputs.eval_preprocess`). Every
+number is a `FinetuneConfig` field.
 
 Distribution: pass a tf.distribute strategy; the trunk is copied into its scope when its
 variables were made elsewhere. The per-replica loss is divided by the global batch size because
@@ -23,7 +24,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from seer_tf.eval.features import Progress, normalize, run_batched, trunk_of
+from seer_tf.eval.features import run_batched
+from seer_tf.eval.progress import Progress
+from seer_tf.weights import trunk_of
 from seer_tf.eval.linear import add_weight_decay, classification_metrics, decay_mask, step_lr
 
 
@@ -41,31 +44,6 @@ class FinetuneConfig:
     regularize_bn: bool = False
     label_smoothing: float = 0.0
     seed: int = 0
-
-
-def train_preprocess(image, seed, crop: int = 224, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
-    """uint8 [h, w, 3] -> normalized float [crop, crop, 3]: RandomResizedCrop + flip (torchvision).
-
-    Stateless: `seed` is an int [2] tensor (one per example, see `augment`), so runs repeat
-    exactly, also under TF_DETERMINISTIC_OPS, which refuses the seedless stateful image ops.
-    """
-    box_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), tf.zeros([1, 0, 4], tf.float32), seed=box_seed, area_range=scale,
-        aspect_ratio_range=ratio, max_attempts=10, use_image_if_no_bounding_boxes=True)
-    window = tf.slice(image, begin, size)
-    out = tf.image.resize(tf.cast(window, tf.float32), [crop, crop], method="bilinear",
-                          antialias=True)
-    out = tf.image.stateless_random_flip_left_right(out, flip_seed)
-    return normalize(tf.clip_by_value(out, 0.0, 255.0))
-
-
-def augment(dataset, crop: int = 224, seed: int = 0, scale=(0.08, 1.0)):
-    """(uint8 image, label) -> (`train_preprocess`ed image, label), new crops every epoch."""
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    return tf.data.Dataset.zip(dataset, seeds).map(
-        lambda pair, s: (train_preprocess(pair[0], s, crop, scale), pair[1]),
-        num_parallel_calls=tf.data.AUTOTUNE)
 
 
 @keras.saving.register_keras_serializable(package="seer_tf")
@@ -116,7 +94,7 @@ def finetune(model, train_dataset, num_classes: int, config: Optional[FinetuneCo
     the strategy's scope is trained and the caller's trunk stays as it was.
 
     `train_dataset` yields UNBATCHED (image, label) pairs, already augmented and normalized
-    (e.g. with `augment`), and is iterated once per epoch (shuffle it with
+    (e.g. with `eval.inputs.augment`), and is iterated once per epoch (shuffle it with
     `reshuffle_each_iteration`); it is batched here with the global batch size, dropping the
     remainder so every step has a full batch. `eval_dataset` yields batched (images, labels).
     """
@@ -147,12 +125,19 @@ def finetune(model, train_dataset, num_classes: int, config: Optional[FinetuneCo
         optimizer.apply(grads, variables)
         return loss
 
-    @tf.function
     def train_step(batch):
         losses = strategy.run(replica_step, args=batch)
         return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
 
     batched = train_dataset.batch(global_batch, drop_remainder=True).prefetch(2)
+    _train_epochs(tf.function(train_step), strategy, batched, optimizer, config, on_epoch)
+    metrics = evaluate_classifier(clf, eval_dataset, num_classes, strategy) \
+        if eval_dataset is not None else None
+    return clf, metrics
+
+
+def _train_epochs(train_step, strategy, batched, optimizer, config, on_epoch):
+    """`config.epochs` passes over `batched` (global batches), the step-schedule LR per epoch."""
     card = int(batched.cardinality())
     distributed = strategy.experimental_distribute_dataset(batched)
     progress = Progress("finetune", config.epochs * card if card > 0 else None, unit="steps")
@@ -163,15 +148,13 @@ def finetune(model, train_dataset, num_classes: int, config: Optional[FinetuneCo
             losses.append(float(train_step(batch)))
             progress.update(1, f"epoch {epoch + 1}/{config.epochs} loss {losses[-1]:.4f}")
         if not losses:
-            raise ValueError(f"finetune: fewer training examples than one batch ({global_batch})")
+            raise ValueError("finetune: fewer training examples than one batch "
+                             f"({config.batch_size})")
         stats = {"loss": float(np.mean(losses)), "lr": step_lr(config, epoch)}
         logging.info("finetune epoch %d/%d: loss %.4f lr %.4g", epoch + 1, config.epochs,
                      stats["loss"], stats["lr"])
         if on_epoch:
             on_epoch(epoch, stats)
-    metrics = evaluate_classifier(clf, eval_dataset, num_classes, strategy) \
-        if eval_dataset is not None else None
-    return clf, metrics
 
 
 def evaluate_classifier(clf, dataset, num_classes: int, strategy=None) -> Dict:

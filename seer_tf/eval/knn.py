@@ -19,7 +19,7 @@ from typing import Dict
 import numpy as np
 import tensorflow as tf
 
-from seer_tf.eval.features import Progress
+from seer_tf.eval.progress import Progress
 from seer_tf.eval.linear import classification_metrics
 
 DINO = {"k": 20, "temperature": 0.07}

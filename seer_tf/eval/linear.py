@@ -8,7 +8,7 @@ and 24, weight decay 5e-4 as L2 in the gradient on the linear layer (VISSL's `re
 False` keeps it off BatchNorm). Every number is a `LinearConfig` field.
 
 One deliberate difference: VISSL runs the trunk on randomly augmented crops every epoch; here
-the features are computed once (center crop, `features.eval_preprocess`) and the probe trains
+the features are computed once (center crop, `eval.inputs.eval_preprocess`) and the probe trains
 on the stored arrays, which is ~28x cheaper and what most linear-probe code (DINO's
 `eval_linear` with frozen features, scikit-learn probes) does. Expect slightly lower accuracy
 than with augmentation on large datasets.
@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from seer_tf.eval.features import Progress
+from seer_tf.eval.progress import Progress
 
 
 @dataclasses.dataclass
