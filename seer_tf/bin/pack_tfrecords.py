@@ -4,7 +4,8 @@
         --num_shards=64
 
 Each record is a tf.train.Example with `image/encoded` (the original bytes, not re-encoded),
-`image/filename` (path relative to the input dir) and `image/format`. Every file is decoded
+`image/filename` (path relative to the input dir, as bytes) and `image/format`. Shards are
+written as `NAME.partial-PID` and renamed to their final name once all are complete. Every file is decoded
 first with the same guarded decoder as training, so empty, truncated, unsupported and
 oversized files are left out and reported (counts and first names as JSON on stdout) instead of
 being discovered in the middle of a run. Files are written in a seeded random order, round-robin
@@ -53,29 +54,39 @@ def pack(input_dir, output, num_shards=16, seed=0, max_pixels=None):
     ds = ds.map(lambda name, status: (name, stats.record(name, status)))  # sequential: exact
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     names = [f"{output}-{k:05d}-of-{num_shards:05d}.tfrecord" for k in range(num_shards)]
-    writers = [tf.io.TFRecordWriter(n) for n in names]
-    written = 0
+    # Written under a temporary name and renamed when complete: a crash leaves no torn shard
+    # under a name that TFRecordSource's glob would pick up.
+    partial = [f"{n}.partial-{os.getpid()}" for n in names]
+    writers = [tf.io.TFRecordWriter(n) for n in partial]
+    written, complete = 0, False
     try:
         for name, status in ds.as_numpy_iterator():
             if status != decode.OK:
                 continue
-            path = name.decode()
-            with open(path, "rb") as f:
+            with open(name, "rb") as f:  # bytes path: any file name the walk listed
                 data = f.read()
-            feature = {
-                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[data])),
-                "image/filename": tf.train.Feature(bytes_list=tf.train.BytesList(
-                    value=[os.path.relpath(path, input_dir).encode()])),
-                "image/format": tf.train.Feature(bytes_list=tf.train.BytesList(
-                    value=[_format(data).encode()])),
-            }
-            example = tf.train.Example(features=tf.train.Features(feature=feature))
+            example = _example(tf, data, os.path.relpath(name, os.fsencode(input_dir)))
             writers[written % num_shards].write(example.SerializeToString())
             written += 1
+        complete = True
     finally:
         for w in writers:
             w.close()
+        for tmp, final in zip(partial, names):
+            if complete:
+                tf.io.gfile.rename(tmp, final, overwrite=True)
+            elif tf.io.gfile.exists(tmp):
+                tf.io.gfile.remove(tmp)
     return {"written": written, "shards": names, "decode": stats.as_dict()}
+
+
+def _example(tf, data, relative_name):
+    def feature(value):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image/encoded": feature(data), "image/filename": feature(relative_name),
+        "image/format": feature(_format(data).encode())}))
 
 
 def main(argv):
