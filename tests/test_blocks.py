@@ -6,7 +6,8 @@ import tensorflow as tf
 
 from seer_tf import cpu
 from seer_tf.models import remat
-from seer_tf.models.blocks import Conv, _normalize_in_float32, _pointwise_as_matmul, batch_norm
+from seer_tf.models.blocks import Conv, batch_norm
+from seer_tf.ops import select
 
 RNG = np.random.default_rng(3)
 X = (RNG.normal(size=(4, 5, 6, 3)) * [1.0, 3.0, 0.5] + [2.0, -1.0, 0.0]).astype("float32")
@@ -67,7 +68,7 @@ def test_recompute_leaves_moving_statistics():
 @pytest.mark.parametrize("dtype,channels", [("bfloat16", 3), ("bfloat16", 16), ("float16", 3)])
 def test_half_precision_inputs_normalize_in_float32_statistics(dtype, channels):
     # bfloat16 with 16 channels runs oneDNN's bf16 kernel on CPUs with native bf16; 3 channels
-    # (and float16) go through float32 on CPU (`_normalize_in_float32`). Both must give the
+    # (and float16) go through float32 on CPU (`select.normalize_in_float32`). Both must give the
     # same normalization.
     x = np.tile(X, (1, 1, 1, 6))[..., :channels]
     bn = batch_norm("bn")
@@ -81,30 +82,33 @@ def test_half_precision_inputs_normalize_in_float32_statistics(dtype, channels):
     np.testing.assert_allclose(bn.moving_mean.numpy(), 0.1 * mean, rtol=0.02, atol=1e-3)
 
 
-def test_which_half_precision_inputs_normalize_in_float32(monkeypatch):
-    monkeypatch.setattr(cpu, "has_native_bf16", lambda: True)
-    assert _normalize_in_float32(tf.bfloat16, 104) and _normalize_in_float32(tf.bfloat16, 440)
-    assert not _normalize_in_float32(tf.bfloat16, 208)
-    assert _normalize_in_float32(tf.float16, 208)
-    assert not _normalize_in_float32(tf.float32, 104)
-    monkeypatch.setattr(cpu, "has_native_bf16", lambda: False)
-    assert _normalize_in_float32(tf.bfloat16, 208)
+def test_which_half_precision_inputs_normalize_in_float32():
+    rule, m = select.normalize_in_float32, select.Machine(native_bf16=True)
+    assert rule(m, tf.bfloat16, 104) and rule(m, tf.bfloat16, 440)
+    assert not rule(m, tf.bfloat16, 208)
+    assert rule(m, tf.float16, 208)
+    assert not rule(m, tf.float32, 104)
+    assert rule(select.Machine(native_bf16=False), tf.bfloat16, 208)
+    # GPUs, TPUs and XLA-compiled steps normalize half precision natively
+    assert not rule(select.Machine(device="gpu"), tf.bfloat16, 104)
+    assert not rule(select.Machine(inside_xla=True), tf.float16, 104)
 
 
 def test_bfloat16_pointwise_conv_as_matmul_matches_conv2d(monkeypatch):
     """1x1 stride-1 convolutions with >= 64 input channels run as one matmul in bf16 on CPUs
     with native bf16: same output and gradients as tf.nn.conv2d (up to bf16 rounding). The
     matmul is exact on any CPU (emulated bf16 is only slower), so the test forces the rule on."""
-    monkeypatch.setattr(cpu, "has_native_bf16", lambda: False)
-    assert not _pointwise_as_matmul(tf.bfloat16, 440)
-    monkeypatch.setattr(cpu, "has_native_bf16", lambda: True)
-    assert _pointwise_as_matmul(tf.bfloat16, 64) and not _pointwise_as_matmul(tf.bfloat16, 48)
-    assert _pointwise_as_matmul(tf.float32, 440) and not _pointwise_as_matmul(tf.float32, 48)
+    rule, m = select.pointwise_as_matmul, select.Machine(native_bf16=True)
+    assert not rule(select.Machine(native_bf16=False), tf.bfloat16, 440)
+    assert rule(m, tf.bfloat16, 64) and not rule(m, tf.bfloat16, 48)
+    assert rule(m, tf.float32, 440) and not rule(m, tf.float32, 48)
     # Outputs of >= 32M elements (oneDNN's 1x1 kernel slows down there): matmul in either dtype.
     big = 64 * 112 * 112 * 48
-    assert _pointwise_as_matmul(tf.float32, 32, big) and _pointwise_as_matmul(tf.bfloat16, 32, big)
-    assert not _pointwise_as_matmul(tf.float32, 32, big // 2)
-    assert not _pointwise_as_matmul(tf.float32, 32, None)
+    assert rule(m, tf.float32, 32, big) and rule(m, tf.bfloat16, 32, big)
+    assert not rule(m, tf.float32, 32, big // 2)
+    assert not rule(m, tf.float32, 32, None)
+    assert not rule(select.Machine(inside_xla=True), tf.float32, 440)
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: True)
     conv = Conv(24, kernel_size=1, dtype="mixed_bfloat16")
     x = tf.constant(RNG.normal(size=(2, 5, 3, 64)), tf.bfloat16)
     conv.build(x.shape)
@@ -133,8 +137,9 @@ def test_channel_scale_folded_into_pointwise_kernel(shape, folded):
     s = tf.constant(RNG.uniform(0.1, 1.0, size=(shape[0], shape[-1])), tf.float32)
     dy = tf.constant(RNG.normal(size=shape[:3] + (12,)), tf.float32)
     conv.build(x.shape)
-    assert conv._scale_in_kernel(x) == folded
-    assert not Conv(12, kernel_size=3)._scale_in_kernel(x)
+    m = select.machine()
+    assert (select.conv(m, x.dtype, x.shape, 12, 1, 1, 1, True, True).scale == "kernel") == folded
+    assert select.conv(m, x.dtype, x.shape, 12, 3, 1, 1, True, True).scale != "kernel"
     results = []
     for fn in (lambda: conv(x, channel_scale=s),
                lambda: tf.nn.conv2d(x * s[:, None, None, :], conv.kernel, 1, "VALID")):
@@ -155,13 +160,11 @@ def test_stride2_conv_with_widened_kernel_is_pytorch_padding(monkeypatch, size, 
     and kernel gradients are PyTorch's (1, 1)-padded convolution on odd and even
     sizes (to float32 rounding); the explicit-pad path it replaces (GPUs, TPUs) gives the same
     numbers."""
-    from seer_tf.models import blocks
-
     x = tf.constant(RNG.normal(size=(2, size, size, 16)), tf.float32)
     r = tf.constant(RNG.normal(size=(2, (size + 1) // 2, (size + 1) // 2, 16)), tf.float32)
 
     def run(widen):
-        monkeypatch.setattr(blocks, "_widened_same_ok", lambda k, s, g: widen and k == 3 and s == 2)
+        monkeypatch.setattr(select, "widened_same", lambda m, k, s, g: widen and k == 3 and s == 2)
         conv = Conv(16, 3, 2, groups=groups)
         conv.build(x.shape)
         return conv
@@ -193,8 +196,9 @@ def test_stride2_conv_with_widened_kernel_is_pytorch_padding(monkeypatch, size, 
 def test_only_grouped_stride2_convolutions_are_widened():
     """Widening pays for memory-bound grouped convolutions; the dense stem (3 -> 32) keeps the
     explicit pad (slower widened on an AVX2 CPU: 178 vs 124 ms forward+backward)."""
-    from seer_tf.models import blocks
-
-    assert blocks._widened_same_ok(3, 2, 6)
-    assert not blocks._widened_same_ok(3, 2, 1)
-    assert not blocks._widened_same_ok(3, 1, 6) and not blocks._widened_same_ok(1, 2, 6)
+    rule, m = select.widened_same, select.Machine()
+    assert rule(m, 3, 2, 6)
+    assert not rule(m, 3, 2, 1)
+    assert not rule(m, 3, 1, 6) and not rule(m, 1, 2, 6)
+    assert not rule(select.Machine(device="gpu"), 3, 2, 6)  # XLA fuses the pad there
+    assert not rule(select.Machine(inside_xla=True), 3, 2, 6)

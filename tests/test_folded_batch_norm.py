@@ -8,8 +8,9 @@ import tensorflow as tf
 
 from seer_tf import cpu
 from seer_tf.models import blocks
-from seer_tf.models import folded_batch_norm as folded
-from seer_tf.models import relu as relu_ops
+from seer_tf.ops import folded_batch_norm as folded
+from seer_tf.ops import relu as relu_ops
+from seer_tf.ops import select
 
 
 # These are the paths taken without seer_tf's native CPU ops (see conftest.tensorflow_kernels).
@@ -125,12 +126,12 @@ def test_inference_on_the_fold_is_per_channel_normalization():
 def _bn_layer_step(monkeypatch, fold_on, x, relu):
     """Output, input/gamma/beta gradients and moving statistics of a bf16 BatchNorm layer."""
     monkeypatch.setattr(cpu, "has_native_bf16", lambda: True)
-    monkeypatch.setattr(blocks, "_accelerator_present", lambda: False)
+    monkeypatch.setattr(select, "device", lambda: "cpu")
     calls = []
     real = folded.batch_norm
     monkeypatch.setattr(folded, "batch_norm", lambda *a, **kw: calls.append(a[5]) or real(*a, **kw))
     if not fold_on:
-        monkeypatch.setattr(blocks, "_channel_fold", lambda x: 1)
+        monkeypatch.setattr(select, "channel_fold", lambda m, dtype, shape: 1)
     bn = blocks.batch_norm("bn")
     bn.dtype_policy = "mixed_bfloat16"
     bn.build(x.shape)
@@ -162,11 +163,11 @@ def test_layer_folds_bf16_channels_not_a_multiple_of_16(monkeypatch, relu):
 
 
 def test_layer_keeps_float32_path_when_pixels_do_not_divide(monkeypatch):
-    monkeypatch.setattr(cpu, "has_native_bf16", lambda: True)
-    monkeypatch.setattr(blocks, "_accelerator_present", lambda: False)
-    assert blocks._channel_fold(tf.zeros([1, 7, 7, 104], tf.bfloat16)) == 1
-    assert blocks._channel_fold(tf.zeros([2, 7, 7, 104], tf.bfloat16)) == 2
-    assert blocks._channel_fold(tf.zeros([2, 7, 7, 104], tf.float32)) == 1
-    assert blocks._channel_fold(tf.zeros([2, 7, 7, 112], tf.bfloat16)) == 1
-    monkeypatch.setattr(cpu, "has_native_bf16", lambda: False)
-    assert blocks._channel_fold(tf.zeros([2, 7, 7, 104], tf.bfloat16)) == 1
+    rule, m = select.channel_fold, select.Machine(native_bf16=True)
+    assert rule(m, tf.bfloat16, [1, 7, 7, 104]) == 1
+    assert rule(m, tf.bfloat16, [2, 7, 7, 104]) == 2
+    assert rule(m, tf.float32, [2, 7, 7, 104]) == 1
+    assert rule(m, tf.bfloat16, [2, 7, 7, 112]) == 1
+    assert rule(m, tf.bfloat16, [None, 7, 7, 104]) == 1
+    assert rule(select.Machine(native_bf16=False), tf.bfloat16, [2, 7, 7, 104]) == 1
+    assert rule(select.Machine(inside_xla=True), tf.bfloat16, [2, 7, 7, 104]) == 1

@@ -6,8 +6,10 @@ import pytest
 import tensorflow as tf
 
 from seer_tf import cpu
+from seer_tf import ops
 from seer_tf.models import blocks
 from seer_tf.ops import grouped_conv as native_grouped
+from seer_tf.ops import select
 
 RNG = np.random.default_rng(11)
 
@@ -126,7 +128,9 @@ def test_gating(monkeypatch):
     CPU with native bf16: TF's forward and the native gradient; dense, group width 4,
     C_out != C_in and 1x1 convolutions keep tf.nn.conv2d; on by default on any CPU where the op
     builds; SEER_TF_NATIVE_GROUPED_CONV=0 off, =1 both ways in either dtype."""
-    mode = blocks._native_grouped_conv
+    def mode(*args):  # the rule on this machine's facts (env and CPU read each time)
+        return select.native_grouped_conv(select.machine(), *args)
+
     monkeypatch.delenv("SEER_TF_NATIVE_GROUPED_CONV", raising=False)
     built = native_grouped.available()
     assert mode(tf.float32, 48, 48, 3, 2, 6) == ("both" if built else "")
@@ -145,6 +149,9 @@ def test_gating(monkeypatch):
     monkeypatch.setenv("SEER_TF_NATIVE_GROUPED_CONV", "0")
     assert mode(tf.float32, 48, 48, 3, 2, 6) == ""
     assert mode(tf.bfloat16, 48, 48, 3, 2, 6) == ""
+    monkeypatch.setenv("SEER_TF_NATIVE_GROUPED_CONV", "1")
+    with ops.inside_xla():  # no native op in a step XLA compiles
+        assert mode(tf.float32, 48, 48, 3, 2, 6) == ""
 
 
 @pytest.mark.skipif(not cpu.has_native_bf16(), reason="the bf16 hybrid runs only on CPUs with "
@@ -155,7 +162,7 @@ def test_bfloat16_trains_on_tf_forward_and_native_gradient(monkeypatch, stride, 
     widened kernel at stride 2), the gradient the native op; output and gradients match the
     all-TF path (native op off) to bf16 rounding of float32 sums: one bf16 ulp (2^-7) of the
     largest element."""
-    monkeypatch.setattr(blocks, "_native_grouped_conv", lambda *a: "gradient")
+    monkeypatch.setattr(select, "native_grouped_conv", lambda *a: "gradient")
     conv = blocks.Conv(48, 3, stride, groups=6, dtype="mixed_bfloat16")
     x = tf.constant(RNG.normal(size=(2, size, size + 1, 48)), tf.bfloat16)
     conv.build(x.shape)
@@ -168,10 +175,10 @@ def test_bfloat16_trains_on_tf_forward_and_native_gradient(monkeypatch, stride, 
             loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
         return [y] + tape.gradient(loss, [x, conv.kernel])
 
-    ops = {op.type for op in run.get_concrete_function(x).graph.get_operations()}
-    assert {"Conv2D", "SeerGroupedConv3x3Grad"} <= ops and "SeerGroupedConv3x3" not in ops
+    types = {op.type for op in run.get_concrete_function(x).graph.get_operations()}
+    assert {"Conv2D", "SeerGroupedConv3x3Grad"} <= types and "SeerGroupedConv3x3" not in types
     hybrid = [t.numpy().astype(np.float32) for t in run(x)]
-    monkeypatch.setattr(blocks, "_native_grouped_conv", lambda *a: "")
+    monkeypatch.setattr(select, "native_grouped_conv", lambda *a: "")
     onednn = [t.numpy().astype(np.float32) for t in tf.function(run.python_function)(x)]
     assert hybrid[0].shape == onednn[0].shape == (2, (size - 1) // stride + 1,
                                                   size // stride + 1, 48)

@@ -83,3 +83,95 @@ def test_no_addons_dependency():
             os.path.join(ROOT, "requirements.txt"), os.path.join(ROOT, "pyproject.toml")]:
         text = open(f).read()
         assert package not in text and module not in text, f
+
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
+# Modules and functions over the limits when the limits were set, each with its size then: an
+# entry may only shrink (the test fails if it grows); delete it once it is under the limit.
+OVERSIZE_ALLOWED = {
+    "seer_tf/bin/pretrain.py": 428,
+    "seer_tf/losses/swav.py:swav_loss": 72,
+    "seer_tf/sinkhorn.py:sinkhorn": 61,
+}
+
+
+def _sizes(path):
+    """{"path": lines, "path:function": lines from `def` to its last line} of one module."""
+    rel = os.path.relpath(path, ROOT)
+    text = open(path).read()
+    sizes = {rel: len(text.splitlines())}
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            key = f"{rel}:{node.name}"
+            sizes[key] = max(sizes.get(key, 0), node.end_lineno - node.lineno + 1)
+    return sizes
+
+
+def _oversize(sizes):
+    return {k: n for k, n in sizes.items()
+            if n > (MAX_FUNCTION_LINES if ":" in k else MAX_MODULE_LINES)}
+
+
+def test_modules_and_functions_are_small():
+    """No module in seer_tf/ over 400 lines, no function over 60 (a file read in one sitting)."""
+    sizes = {}
+    for f in glob.glob(os.path.join(ROOT, "seer_tf", "**", "*.py"), recursive=True):
+        sizes.update(_sizes(f))
+    offenders = {k: n for k, n in _oversize(sizes).items()
+                 if n > OVERSIZE_ALLOWED.get(k, 0)}
+    assert not offenders, f"over {MAX_MODULE_LINES} lines (module) / {MAX_FUNCTION_LINES} " \
+                          f"(function), or grown past OVERSIZE_ALLOWED: {offenders}"
+
+
+def test_size_check_catches_a_long_function(tmp_path):
+    bad = tmp_path / "long.py"
+    bad.write_text("def f():\n" + "    x = 1\n" * 60 + "\n\ndef g():\n    pass\n")
+    assert list(_oversize(_sizes(str(bad)))) == [os.path.relpath(str(bad), ROOT) + ":f"]
+
+
+def _public_ops():
+    """`seer_tf.ops.__all__`, read from the source (no TensorFlow import)."""
+    tree = ast.parse(open(os.path.join(ROOT, "seer_tf", "ops", "__init__.py")).read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__"
+                                                for t in node.targets):
+            return set(ast.literal_eval(node.value))
+    return set()
+
+
+def _ops_violations(path, public):
+    """A model module's uses of seer_tf.ops beyond `from seer_tf import ops` + `ops.<public>`."""
+    tree = ast.parse(open(path).read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (f"{node.lineno}: import {a.name}" for a in node.names
+                        if a.name.startswith("seer_tf.ops"))
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module.startswith("seer_tf.ops"):
+                yield f"{node.lineno}: from {node.module} import ..."
+            elif node.module == "seer_tf":
+                yield from (f"{node.lineno}: import ops as {a.asname}" for a in node.names
+                            if a.name == "ops" and a.asname not in (None, "ops"))
+        elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+              and node.value.id == "ops" and node.attr not in public):
+            yield f"{node.lineno}: ops.{node.attr}"
+
+
+def test_models_use_only_the_public_kernel_functions():
+    """seer_tf/models is the architecture (the paper's RegNetY); the kernels each primitive runs
+    on are chosen in seer_tf/ops (select.py), which models reach only through its public
+    functions (`ops.__all__`)."""
+    public = _public_ops()
+    assert {"conv2d", "batch_norm", "inside_xla", "is_inside_xla"} <= public
+    offenders = []
+    for f in glob.glob(os.path.join(ROOT, "seer_tf", "models", "**", "*.py"), recursive=True):
+        offenders += [f"{os.path.relpath(f, ROOT)}:{v}" for v in _ops_violations(f, public)]
+    assert not offenders, offenders
+
+
+def test_ops_check_catches_a_private_use(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("from seer_tf import ops\nfrom seer_tf.ops import select\n"
+                   "y = ops.conv2d(1, 2)\nz = ops.select.machine()\n")
+    assert len(list(_ops_violations(str(bad), {"conv2d"}))) == 2

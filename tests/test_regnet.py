@@ -172,6 +172,7 @@ def test_yblock_se_inside_conv_c_matches_separate_se(monkeypatch):
     import tensorflow as tf
 
     from seer_tf.models import blocks
+    from seer_tf.ops import select
 
     keras.utils.set_random_seed(4)
     block = blocks.YBlock(16, 24, stride=1, group_width=8)
@@ -179,7 +180,7 @@ def test_yblock_se_inside_conv_c_matches_separate_se(monkeypatch):
     block.build(x.shape)
     results = []
     for fold in (True, False):
-        monkeypatch.setattr(blocks.Conv, "_scale_in_kernel", lambda self, t, f=fold: f)
+        monkeypatch.setattr(select, "scale_in_kernel", lambda m, shape, f=fold: f)
         with tf.GradientTape() as tape:
             tape.watch(x)
             y = block(x, training=True)
@@ -265,3 +266,42 @@ def test_xla_compiled_step_matches_the_native_step(policy):
     assert xla_error[0] <= 2 * native_error[0] + 0.01, (xla_error[0], native_error[0])
     assert np.mean(xla_error[1:]) <= 1.25 * np.mean(native_error[1:]), (xla_error, native_error)
     assert max(xla_error) < 2 * max(native_error), (xla_error, native_error)
+
+
+def test_inside_xla_is_per_thread_and_per_traced_graph(mirrored_strategy):
+    """`ops.inside_xla()` holds in the thread that entered it, and in the replica threads of a
+    MirroredStrategy.run called inside it while tracing; not elsewhere."""
+    import threading
+
+    seen = []
+
+    def probe(tag):
+        seen.append((tag, ops.is_inside_xla()))
+
+    with ops.inside_xla():  # eager: this thread only
+        probe("eager")
+        other = threading.Thread(target=probe, args=("other thread",))
+        other.start()
+        other.join()
+
+    def replica(tag):
+        probe(tag)
+        return tf.constant(0.0)
+
+    def entered_in_replica():
+        with ops.inside_xla():
+            return replica("entered")
+
+    @tf.function
+    def step():
+        with ops.inside_xla():  # on the tracing thread, around the replicas
+            mirrored_strategy.run(replica, args=("outer",))
+        mirrored_strategy.run(entered_in_replica)
+        mirrored_strategy.run(replica, args=("after",))
+        return tf.constant(0.0)
+
+    step.get_concrete_function()
+    assert not ops.is_inside_xla()
+    assert sorted(seen) == sorted([("eager", True), ("other thread", False)]
+                                  + [(t, t != "after") for t in ("outer", "entered", "after")
+                                     for _ in range(2)])

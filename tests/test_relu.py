@@ -8,7 +8,8 @@ import tensorflow as tf
 
 from seer_tf import cpu
 from seer_tf.models import blocks
-from seer_tf.models import relu as relu_ops
+from seer_tf.ops import relu as relu_ops
+from seer_tf.ops import select
 
 
 # These are the paths taken without seer_tf's native CPU ops (see conftest.tensorflow_kernels).
@@ -81,15 +82,15 @@ def test_add_relu_xla_gradient_is_bit_identical(dtype):
 
 
 def test_xla_rule_is_bfloat16_on_native_bf16_cpus(monkeypatch):
-    monkeypatch.setattr(cpu, "has_native_bf16", lambda: True)
-    assert blocks._xla_relu_grad(tf.bfloat16) and not blocks._xla_relu_grad(tf.float32)
-    monkeypatch.setattr(cpu, "has_native_bf16", lambda: False)
-    assert not blocks._xla_relu_grad(tf.bfloat16)
+    rule, m = select.xla_relu_grad, select.Machine(native_bf16=True)
+    assert rule(m, tf.bfloat16) and not rule(m, tf.float32)
+    assert not rule(select.Machine(native_bf16=False), tf.bfloat16)
+    assert not rule(select.Machine(inside_xla=True), tf.bfloat16)  # the step is XLA already
 
 
 def _yblock_step(monkeypatch, xla):
     """Output, gradients and moving statistics of one bf16 Y block training step."""
-    monkeypatch.setattr(blocks, "_xla_relu_grad", lambda dtype: xla)
+    monkeypatch.setattr(select, "xla_relu_grad", lambda m, dtype: xla)
     # The path of a CPU with native bf16 (on others b's BatchNorm runs in float32 and its SE
     # squeeze takes the plain gradient), exact on any CPU.
     monkeypatch.setattr(cpu, "has_native_bf16", lambda: True)
@@ -160,7 +161,7 @@ def test_relu_gradient_with_the_se_squeeze(monkeypatch):
 def _regnet_bf16_step(monkeypatch, xla, remat_mode):
     from seer_tf.models.regnet import RegNet
 
-    monkeypatch.setattr(blocks, "_xla_relu_grad", lambda dtype: xla)
+    monkeypatch.setattr(select, "xla_relu_grad", lambda m, dtype: xla)
     keras.utils.set_random_seed(1)
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:

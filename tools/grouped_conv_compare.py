@@ -1,9 +1,9 @@
-"""seer_tf's native grouped 3x3 convolution vs TF's oneDNN one, shape by shape (issue 7).
+"""seer_tf's native grouped 3x3 convolution vs TF's oneDNN one, shape by shape.
 
     python tools/grouped_conv_compare.py [--preset regnet_y_400mf] [--crops 2x224,4x96]
                                          [--batch 32] [--repeats 5] [--dtype float32]
 
-Why: `seer_tf.models.blocks._native_grouped_conv` uses the native op on every CPU because of
+Why: `seer_tf.ops.select.native_grouped_conv` picks the native op on every CPU because of
 this comparison (AVX2 and AVX-512 EPYCs, AMX Xeon), and in bfloat16 only its gradient (AMX Xeon:
 oneDNN's bf16 forward is faster, its gradients slower); run it on a new CPU family to check
 those rules. For every grouped convolution shape of one SwAV step (the preset's b convolutions

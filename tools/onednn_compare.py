@@ -1,4 +1,4 @@
-"""oneDNN primitive time, ours vs the PyTorch peer, shape by shape, for one SwAV step (issue 7).
+"""oneDNN primitive time, ours vs the PyTorch peer, shape by shape, for one SwAV step.
 
     python tools/onednn_compare.py [--preset regnet_y_400mf] [--crops 2x224,4x96] [--batch 32]
                                    [--top 30] [--json]

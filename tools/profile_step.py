@@ -1,4 +1,4 @@
-"""Where does a SwAV training step spend its time? Per-op-type table from tf.profiler (issue 7).
+"""Where does a SwAV training step spend its time? Per-op-type table from tf.profiler.
 
     python tools/profile_step.py [--preset regnet_y_400mf] [--crops 2x224,4x96] [--batch 32]
                                  [--precision float32] [--top 30] [--steps 1] [--inter_op 1]

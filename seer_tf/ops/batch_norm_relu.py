@@ -1,11 +1,11 @@
-"""Training-mode BatchNorm [+ ReLU] [+ SE squeeze] as one native op each way, on CPU (issue 7).
+"""Training-mode BatchNorm [+ ReLU] [+ SE squeeze] as one native op each way, on CPU.
 
 Why: see batch_norm_relu.cc. In a RegNetY-400MF SwAV step on a 2-core AMX Xeon, forward +
 backward per tensor against oneDNN's FusedBatchNormV3 + ReluGrad + FusedBatchNormGradV3
 (isolated, ms): 64x112x112x48 fp32 70 -> 56, bf16 67 -> 36; 64x56x56x104 fp32 55 -> 32,
 bf16 198 -> 21 (oneDNN has no bf16 vector kernel for C % 16 != 0); 64x7x7x440 bf16 9.6 -> 2.2.
 
-`batch_norm` has FusedBatchNormV3's contract as `seer_tf.models.blocks.BatchNorm` uses it: the
+`batch_norm` has FusedBatchNormV3's contract as `normalization.batch_norm` uses it: the
 batch mean and the *unbiased* batch variance come back for the moving statistics (they carry no
 gradient), the output is normalized with the biased one. The gradient is registered for the op,
 so tapes, tf.function and `tf.recompute_grad` see an ordinary TensorFlow op.

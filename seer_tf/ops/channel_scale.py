@@ -1,4 +1,4 @@
-"""x * scale[:, None, None, :] as one native op each way, on CPU (issue 7): the SE excitation on
+"""x * scale[:, None, None, :] as one native op each way, on CPU: the SE excitation on
 b's output wherever conv c does not fold it into its kernel (RegNetY stages 3 and 4).
 
 Why: see channel_scale.cc; TF's broadcasting Mul, its gradient's Mul and the Sum over H, W

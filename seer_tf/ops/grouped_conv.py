@@ -1,4 +1,4 @@
-"""RegNet's grouped 3x3 convolution (PyTorch padding 1) as one native op each way, on CPU (issue 7).
+"""RegNet's grouped 3x3 convolution (PyTorch padding 1) as one native op each way, on CPU.
 
 Why: see grouped_conv.cc; on AVX2 and AVX-512 CPUs oneDNN's grouped kernels reach a fraction of
 the FMA peak at group width 8, and its backward-data kernel is slower still.

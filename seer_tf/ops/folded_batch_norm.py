@@ -1,7 +1,8 @@
-"""BatchNorm(+ReLU) of a bfloat16 tensor whose channel count oneDNN cannot vectorize (issue 7).
+"""BatchNorm(+ReLU) of a bfloat16 tensor whose channel count oneDNN cannot vectorize.
 
-Training on CPU now takes seer_tf's native op (`seer_tf.ops.batch_norm_relu`) when it builds;
-this module is the path without a C++ compiler (or SEER_TF_NATIVE_OPS=0) and for inference.
+Training on CPU takes seer_tf's native op (`batch_norm_relu.py`) when it builds; this module
+is the path without a C++ compiler (or SEER_TF_NATIVE_OPS=0) and for inference
+(`select.channel_fold`).
 
 Why: oneDNN's bf16 BatchNorm kernels need the channel count C to be a multiple of 16 (one
 AVX-512 register); otherwise it falls back to a generic loop that is ~2x slower than casting to
@@ -25,7 +26,7 @@ Statistics and gradients accumulate in float32 (oneDNN's and XLA's arithmetic), 
 bf16 BatchNorm does. Measured on a 2-core AMX Xeon, forward+backward of the RegNetY-400MF
 stage-2 shapes (64x28x28x104 + 128x12x12x104, bf16, with ReLU): 24.2 ms with the float32
 casts, 12.9 ms folded; 440 channels 6.3 -> 4.7 ms (tests/test_folded_batch_norm.py checks the
-numbers against a float64 reference; `bin/benchmark --what=step` the step).
+numbers against a float64 reference; `benchmarks.run --what=step` the step).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import math
 
 import tensorflow as tf
 
-from seer_tf.models import relu as relu_ops
+from seer_tf.ops import relu as relu_ops
 
 VECTOR_CHANNELS = 16  # oneDNN's bf16 BatchNorm vectorizes C in multiples of 16 (AVX-512)
 

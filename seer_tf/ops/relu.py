@@ -1,4 +1,4 @@
-"""The trunk's ReLUs with an XLA-compiled gradient, for bfloat16 on CPU (issue 7).
+"""The trunk's ReLUs with an XLA-compiled gradient, for bfloat16 on CPU (`select.xla_relu_grad`).
 
 The BatchNorm+ReLU half applies only without seer_tf's native CPU ops (no C++ compiler, or
 SEER_TF_NATIVE_OPS=0), which fuse that ReLU themselves; the block-output add+ReLU keeps its
@@ -20,7 +20,7 @@ Two shapes of ReLU occur in a Y block, and each keeps what TensorFlow already fu
 The arithmetic is TF's own (`ReluGrad`: gradient where the output is > 0), so results are
 bit-identical to the plain path (tests/test_relu.py), except where b's output also feeds the SE
 squeeze: that gradient is added inside the same kernel (`relu_grad(dz, z, dmean)`), one bf16
-rounding instead of three. `seer_tf.models.folded_batch_norm` uses the same kernels.
+rounding instead of three. `folded_batch_norm.py` uses the same kernels.
 """
 
 from __future__ import annotations
