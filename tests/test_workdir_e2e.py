@@ -1,6 +1,7 @@
 """From a pretraining workdir to evaluation and a served model, with no hand work.
 
-A demo-sized run's workdir (digits demo config, a few steps) is all the user passes: the digits
+A demo-sized run (bin/pretrain, digits demo config, a few steps) leaves a workdir, and that is
+all the user passes: the digits
 demo's printed next commands run as printed (bin/evaluate --workdir=W --protocol=knn,
 bin/export --workdir=W --output=W/serving, saved_model_cli on the export with PNG bytes), plus
 the uint8 signature. Asserts: every command exits 0; the export carries the SwAV outputs; the
@@ -14,7 +15,6 @@ import shlex
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -22,8 +22,6 @@ import tensorflow as tf
 from seer_tf import weights
 from seer_tf.data import digits
 from seer_tf.eval import digits_demo, inputs
-from seer_tf.models.regnet import RegNet
-from seer_tf.models.swav import SwAVModel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -32,27 +30,12 @@ STEPS = 3
 
 
 def _pretrain(workdir):
-    """The workdir bin/pretrain writes for the digits demo config after STEPS steps: config.json
-    and model.json (describe_workdir), checkpoints/ckpt-STEPS in train/loop's layout."""
-    from experiments import digits_demo as demo_config
-
-    config = demo_config.get_config()
-    m = config.model
-    keras.utils.set_random_seed(0)
-    trunk = RegNet(depths=list(m.depths), widths=list(m.widths),
-                   group_widths=list(m.group_widths), stem_width=m.stem_width, name="regnet")
-    model = SwAVModel(trunk, [trunk.widths[-1]] + list(m.head_dims), list(m.num_prototypes),
-                      use_bn=m.head_use_bn)
-    weights.describe_workdir(workdir, config.to_dict(), model)
-    rng = np.random.default_rng(0)
-    for v in model.weights:  # "trained": moved away from the initialization, BN stats too
-        v.assign(v.numpy() + rng.normal(0, 0.02, v.shape).astype(v.dtype) * (1 + abs(v.numpy())))
-    optimizer = keras.optimizers.SGD(0.1)
-    optimizer.build(model.trainable_variables)
-    step = tf.Variable(STEPS, dtype=tf.int64)
-    ckpt = tf.train.Checkpoint(model=weights.model_checkpoint_items(model), optimizer=optimizer,
-                               global_step=step)
-    tf.train.CheckpointManager(ckpt, os.path.join(workdir, weights.CHECKPOINT_DIR), 3).save(STEPS)
+    """The digits demo config for STEPS steps (batch 32) through bin/pretrain, demo table off:
+    config.json, model.json, checkpoints/ckpt-STEPS, tensorboard/ as every run writes them."""
+    _finish(_start([sys.executable, "-m", "seer_tf.bin.pretrain",
+                    "--config=experiments/digits_demo.py", f"--workdir={workdir}",
+                    f"--config.train.total_steps={STEPS}", "--config.train.batch_size=32",
+                    "--config.demo.enabled=False"]), timeout=600)
 
 
 def _argv(command):
@@ -92,6 +75,7 @@ def test_workdir_to_evaluation_and_serving(workdir, tmp_path):
     examples = digits_demo.write_examples(workdir, images)
     evaluate, export, request, tensorboard = digits_demo.next_commands(workdir)
     assert tensorboard == f"tensorboard --logdir {os.path.join(workdir, 'tensorboard')}"
+    assert tf.io.gfile.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
     running_eval = _start(_argv(evaluate))
     exported = json.loads(_finish(_start(_argv(export))).strip().splitlines()[-1])
     assert {"embedding", "prototype_scores", "pooled"} <= set(exported["outputs"])
