@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from seer_tf.train.preemption import RESTART_EXIT_CODE
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "experiments", "cpu_smoke.py")
 FAST = ["--config.swav.freeze_prototypes_steps=0", "--config.train.image_every=0",
@@ -129,9 +131,10 @@ def test_sigterm_checkpoints_the_step_it_stopped_at(tmp_path):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
+    assert proc.returncode == RESTART_EXIT_CODE, err[-2000:]
     stopped = json.loads(out.strip().splitlines()[-1])
-    assert stopped["stopped"] == "sigterm" and stopped["step"] >= 2
+    assert stopped["stopped"] == "preempted" and stopped["step"] >= 2
+    assert f"preempted at step {stopped['step']}" in err
     assert os.path.exists(os.path.join(wd, "checkpoints", f"ckpt-{stopped['step']}.index"))
 
 
@@ -210,28 +213,74 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_workers_end_with_identical_weights(tmp_path):
-    ports = [_free_port(), _free_port()]
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    wd = str(tmp_path)
-    procs, logs = [], []
+LAUNCHER = os.path.join(ROOT, "experiments", "launch", "multi_worker.sh")
+
+
+def _launch_workers(tmp_path, wd, name, *overrides):
+    """Both workers of a 2-host cluster on 127.0.0.1, started through the launcher."""
+    hosts = ",".join(f"127.0.0.1:{_free_port()}" for _ in range(2))
+    procs = []
     for i in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-        log = open(tmp_path / f"worker{i}.log", "w+")  # files, not pipes: a full pipe would
-        logs.append(log)                                # block one worker inside a collective
-        procs.append(subprocess.Popen(
-            _cmd(wd, "--config.train.strategy=multi_worker", "--config.train.total_steps=3",
-                 "--config.model.sync_bn=True", *FAST),
-            env=_env(TF_CONFIG=tf_config), stdout=log, stderr=subprocess.STDOUT))
-    for p, log in zip(procs, logs):
-        p.wait(timeout=400)
+        log = open(tmp_path / f"{name}{i}.log", "w+")  # files, not pipes: a full pipe would
+        procs.append((subprocess.Popen(                # block one worker inside a collective
+            ["bash", LAUNCHER, f"--config={SMOKE}", f"--workdir={wd}",
+             "--config.model.sync_bn=True", *FAST, *overrides],
+            env=_env(HOSTS=hosts, INDEX=str(i), PYTHON=sys.executable), stdout=log,
+            stderr=subprocess.STDOUT), log))
+    return procs
+
+
+def _finish(procs, timeout=400):
+    outs = []
+    for p, log in procs:
+        p.wait(timeout=timeout)
         log.seek(0)
-        assert p.returncode == 0, log.read()[-3000:]
-    chief = tf.train.latest_checkpoint(os.path.join(wd, "checkpoints"))
-    other = tf.train.latest_checkpoint(os.path.join(wd, "tmp_worker", "1"))
-    assert chief.endswith("ckpt-3") and other.endswith("ckpt-3")
-    a, b = tf.train.load_checkpoint(chief), tf.train.load_checkpoint(other)
-    names = [n for n, _ in tf.train.list_variables(chief) if n.startswith("model/")]
-    assert len(names) > 100
-    for n in names:
-        np.testing.assert_array_equal(a.get_tensor(n), b.get_tensor(n), err_msg=n)
+        outs.append((p.returncode, log.read()))
+    return outs
+
+
+def _final(output):
+    return json.loads([ln for ln in output.splitlines() if ln.startswith("{")][-1])
+
+
+def test_two_workers_end_with_identical_weights(tmp_path):
+    wd = str(tmp_path / "wd")
+    outs = _finish(_launch_workers(tmp_path, wd, "worker", "--config.train.total_steps=3"))
+    for code, text in outs:
+        assert code == 0, text[-3000:]
+    finals = [_final(text) for _, text in outs]
+    assert finals[0]["step"] == finals[1]["step"] == 3
+    assert finals[0]["weights_digest"] == finals[1]["weights_digest"]
+    assert tf.train.latest_checkpoint(os.path.join(wd, "checkpoints")).endswith("ckpt-3")
+    assert not os.path.exists(os.path.join(wd, "tmp_worker"))
+
+
+def test_sigterm_to_one_worker_stops_both_at_the_same_step(tmp_path):
+    wd = str(tmp_path / "wd")
+    procs = _launch_workers(tmp_path, wd, "run", "--config.train.total_steps=100000",
+                            "--config.train.checkpoint_every=0")
+    deadline = time.time() + 300
+    while len(tb_scalars(wd)) < 2:  # the chief has logged two steps: both workers train
+        assert all(p.poll() is None for p, _ in procs) and time.time() < deadline, \
+            [log.seek(0) or log.read()[-2000:] for _, log in procs]
+        time.sleep(0.2)
+    procs[1][0].send_signal(signal.SIGTERM)  # the launcher exec'd python: this is the worker
+    outs = _finish(procs, timeout=200)
+    steps = []
+    for code, text in outs:
+        assert code == RESTART_EXIT_CODE, text[-3000:]
+        steps.append(_final(text)["step"])
+    assert steps[0] == steps[1] >= 2
+    step = steps[0]
+    assert tf.train.latest_checkpoint(os.path.join(wd, "checkpoints")).endswith(f"ckpt-{step}")
+    assert not os.path.exists(os.path.join(wd, "tmp_worker"))
+    outs = _finish(_launch_workers(tmp_path, wd, "resume",
+                                   f"--config.train.total_steps={step + 2}",
+                                   "--config.train.checkpoint_every=0"))
+    for code, text in outs:
+        assert code == 0, text[-3000:]
+        assert f"resumed from {os.path.join(wd, 'checkpoints', f'ckpt-{step}')}" in text
+    finals = [_final(text) for _, text in outs]
+    assert finals[0]["step"] == finals[1]["step"] == step + 2
+    assert finals[0]["weights_digest"] == finals[1]["weights_digest"]
+    assert not os.path.exists(os.path.join(wd, "tmp_worker"))

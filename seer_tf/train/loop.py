@@ -32,13 +32,10 @@ from typing import Callable, Dict, Optional
 import tensorflow as tf
 from absl import logging
 
-from seer_tf import distribute, ops
+from seer_tf import distribute, ops, weights
 from seer_tf.train import preemption
 from seer_tf.train.report import Reporter
 from seer_tf.train.step import SwAVStep
-
-CHECKPOINT_DIR = "checkpoints"
-
 
 class NonFiniteLossError(FloatingPointError):
     pass
@@ -85,9 +82,7 @@ class Trainer:
             self.nonfinite_step = tf.Variable(0, dtype=tf.int64, name="nonfinite_step", **agg)
             self.nonfinite_streak = tf.Variable(0, dtype=tf.int64, name="nonfinite_streak", **agg)
         self.schedule = lr_schedule(step.optimizer)
-        self.model_variables = {v.path: v for v in step.model.weights}
-        if len(self.model_variables) != len(step.model.weights):
-            raise ValueError("model variables must have unique paths to be checkpointed")
+        self.model_variables = weights.model_checkpoint_items(step.model)
         items = dict(model=self.model_variables, optimizer=step.optimizer,
                      global_step=self.global_step)
         if step.queue is not None:
@@ -95,7 +90,7 @@ class Trainer:
         if isinstance(self.schedule, tf.Module) and self.schedule.variables:
             items["schedule"] = self.schedule
         self.checkpoint = tf.train.Checkpoint(**items)
-        self.checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)
+        self.checkpoint_dir = os.path.join(workdir, weights.CHECKPOINT_DIR)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir,
                                                   keep_checkpoints)
         writer = (tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
@@ -216,10 +211,14 @@ class Trainer:
             logging.info("checkpoint %s", path)
             return path
         # Every worker takes part in a save; the others' copies are scratch, deleted at once.
-        scratch = os.path.join(self.workdir, "tmp_worker",
-                               str(self.strategy.cluster_resolver.task_id))
+        parent = os.path.join(self.workdir, "tmp_worker")
+        scratch = os.path.join(parent, str(self.strategy.cluster_resolver.task_id))
         tf.train.CheckpointManager(self.checkpoint, scratch, 1).save(checkpoint_number=step)
         tf.io.gfile.rmtree(scratch)
+        try:  # the last worker out removes the (local) parent; object stores have no folders
+            os.rmdir(parent)
+        except OSError:
+            pass
         return os.path.join(self.checkpoint_dir, f"ckpt-{step}")
 
     # ------------------------------------------------------------------ loop
