@@ -1,9 +1,11 @@
 """One-line errors for the command-line binaries.
 
 A user who mistypes a path or a flag should read one `error: ...` line and get exit status 2,
-not a TensorFlow traceback. Every binary's main body runs under `run()`; it turns UsageError,
-ValueError, OSError and TensorFlow's OpError (whose `message` is the useful part) into that
-line. Anything else is a bug and keeps its traceback.
+not a TensorFlow traceback. `UsageError` is seer_tf's one user-error type (bad flags, configs,
+weight files that do not match the model, workdirs without a checkpoint); every binary's main
+body runs under `run()`, which turns UsageError, ValueError, OSError and TensorFlow's OpError
+(whose `message` is the useful part) into that line. Anything else is a bug and keeps its
+traceback. (TensorFlow's own start-up log lines may come before it.)
 """
 
 from __future__ import annotations

@@ -197,12 +197,16 @@ def test_converted_keras_file_loads_with_plain_keras_after_import_seer_tf(tmp_pa
     np.save(tmp_path / "x.npy", ref["x_even"])
     code = ("import sys, json, numpy as np; import seer_tf, keras; "
             "m = keras.saving.load_model(sys.argv[1]); "
+            "x = np.load(sys.argv[2]); out = m([x], training=False); "
             "print(json.dumps([type(m).__name__, "
-            "m.backbone(np.load(sys.argv[2]), training=False)['pooled'].numpy().tolist()]))")
+            "m.backbone(x, training=False)['pooled'].numpy().tolist(), "
+            "out['embeddings'].numpy().tolist(), out['scores'][1].numpy().tolist()]))")
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
     r = subprocess.run([sys.executable, "-c", code, out, str(tmp_path / "x.npy")], env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    name, pooled = json.loads(r.stdout.strip().splitlines()[-1])
-    assert name == "SwAVModel"
+    name, pooled, embeddings, scores = json.loads(r.stdout.strip().splitlines()[-1])
+    assert name == "SwAVModel"  # and the head came along: not re-initialized on load
     np.testing.assert_allclose(pooled, ref["x_even/pooled"], atol=TOL, rtol=0)
+    np.testing.assert_allclose(embeddings, ref["x_even/embeddings"], atol=TOL, rtol=0)
+    np.testing.assert_allclose(scores, ref["x_even/scores1"], atol=TOL, rtol=0)

@@ -7,6 +7,7 @@ loads back in a fresh process, where Keras auto-names start over, with outputs e
 saved model's; --step picks an older checkpoint; missing pieces are one-line UsageErrors.
 """
 
+import ast
 import json
 import os
 import subprocess
@@ -136,3 +137,26 @@ def test_a_checkpoint_of_another_architecture_is_refused(tmp_path):
                              name="regnet"), [24, 8], [10])
     with pytest.raises(ValueError, match="not a checkpoint of this architecture"):
         weights.restore_model(other, weights.checkpoint_prefix(str(tmp_path)))
+
+
+def test_import_seer_tf_registers_every_class_after_setting_onednn():
+    """`import seer_tf` registers the Keras classes and still sets TF_ENABLE_ONEDNN_OPTS before
+    anything starts TensorFlow."""
+    code = ("import os, sys, json; import seer_tf, keras; "
+        "print(json.dumps([os.environ['TF_ENABLE_ONEDNN_OPTS'], "
+        "sorted(k for k in keras.saving.get_custom_objects() if k.startswith('seer_tf>'))]))")
+    env = {k: v for k, v in ENV.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    onednn, names = json.loads(r.stdout.strip().splitlines()[-1])
+    assert onednn == "1"
+    # The variable is read when TensorFlow starts: it must be set above every import that can
+    # start it (this CPU turns oneDNN on by default, so the log line would not tell).
+    tree = ast.parse(open(os.path.join(ROOT, "seer_tf", "__init__.py")).read())
+    setdefault = next(n.lineno for n in tree.body if "TF_ENABLE_ONEDNN_OPTS" in ast.dump(n))
+    imports = [n.lineno for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
+               and "os" not in [a.name for a in n.names]]
+    assert imports and setdefault < min(imports)
+    assert {"seer_tf>RegNet", "seer_tf>SwAVModel", "seer_tf>ProjectionHead", "seer_tf>Prototypes",
+            "seer_tf>YBlock", "seer_tf>Classifier", "seer_tf>LinearClassifier"} <= set(names)

@@ -21,6 +21,8 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
+from seer_tf import convert
+from seer_tf.models.regnet import RegNet
 from seer_tf.usage import UsageError
 from seer_tf.weights import pytorch, workdir as workdir_lib
 
@@ -45,9 +47,9 @@ def trunk_of(model):
 
 
 def load_keras(path: str):
-    """A `.keras` archive. Not keras.saving.load_model: a SwAVModel built with build_all()
-    records no build shapes, so load_model would leave its head and prototypes unbuilt and
-    re-initialize them on first call. Every variable is created first, then the weights load."""
+    """A `.keras` archive (`keras.saving.load_model` reads it too, after `import seer_tf`).
+    Here every variable is created first (`built`), then the weights load, so a model whose
+    build Keras did not record still gets all of them."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such file: {path}")
     try:
@@ -77,8 +79,6 @@ def model_from_config_file(path: str, weights: str):
 
 def _trunk_checkpoint(path: str, preset: Optional[str], model_config: Optional[str]):
     """The RegNet trunk of a TF checkpoint prefix (or a folder of them) with no model.json."""
-    from seer_tf.models.regnet import RegNet
-
     prefix = _checkpoint_prefix(path)
     if model_config:
         trunk = trunk_of(model_from_config_file(model_config, path))
@@ -126,8 +126,6 @@ def load_model(weights: Optional[str] = None, *, workdir: Optional[str] = None,
         model.load_weights(weights)
         return model
     if weights.lower().endswith(PYTORCH_SUFFIXES):
-        from seer_tf import convert
-
         arrays, _ = pytorch.read_weights(weights, allow_pickle=allow_pickle)
         model, _ = convert.convert_state(arrays, preset=preset)
         return model

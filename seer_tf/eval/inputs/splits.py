@@ -23,6 +23,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from seer_tf.data import digits
 from seer_tf.eval.inputs.preprocess import decode_image_bytes
 from seer_tf.usage import UsageError
 
@@ -130,8 +131,6 @@ def tfds_split(name: str, data_dir: Optional[str], split: str) -> Split:
 
 def digits_split(split: str, image_size: int = 32) -> Split:
     from sklearn.model_selection import train_test_split
-
-    from seer_tf.data import digits
 
     if split not in ("train", "val", "test"):
         raise UsageError(f"digits has splits train and val (or test), not {split!r}")
