@@ -4,8 +4,11 @@ The preprocessing is inside the graph, so a client sends what it has and gets th
 `seer_tf.eval` computes (the functions are shared: `eval.inputs.eval_preprocess`):
   * `serving_bytes`: tf.string [N] of encoded JPEG/PNG/GIF/BMP/WebP. Each image is decoded
     (JPEG with the accurate DCT, equal to PIL), its shorter side resized to `resize`, center
-    cropped to `crop`, normalized with ImageNet mean/std. Images may differ in size. An
-    undecodable image fails the request (InvalidArgumentError), it is not silently dropped.
+    cropped to `crop`, normalized with ImageNet mean/std. Images may differ in size. The
+    decoder is data.decode's guarded one: sizes are read from the header first, so an image
+    declaring more than `max_decode_pixels` (or an undecodable one) fails its request with
+    "serving_bytes: image could not be decoded: index I, status too_large" (InvalidArgumentError)
+    without allocating its pixels, and the server goes on; it is never silently dropped.
     Also exported as `serving_default`.
   * `serving_images`: uint8 [N, H, W, 3], any H, W (one size per batch): same minus decoding.
 Outputs: "pooled" [N, d] (the SEER/VISSL `avgpool` feature, or another endpoint average-pooled),
@@ -25,7 +28,8 @@ from typing import Optional
 import tensorflow as tf
 
 from seer_tf.eval.features import pooled_endpoint
-from seer_tf.eval.inputs import decode_image_bytes, eval_preprocess
+from seer_tf.data import decode as decode_lib
+from seer_tf.eval.inputs import eval_preprocess
 from seer_tf.weights import trunk_of
 
 
@@ -38,7 +42,9 @@ class ServingModule(tf.Module):
     """
 
     def __init__(self, model, resize: int = 256, crop: int = 224, endpoint: str = "pooled",
-                 include_swav: Optional[bool] = None):
+                 include_swav: Optional[bool] = None,
+                 max_pixels: int = decode_lib.DEFAULT_MAX_PIXELS,
+                 max_decode_pixels: int = decode_lib.DEFAULT_MAX_DECODE_PIXELS):
         super().__init__(name="seer_serving")
         trunk = trunk_of(model)
         has_head = hasattr(model, "head") and hasattr(model, "prototypes")
@@ -66,13 +72,16 @@ class ServingModule(tf.Module):
                 out["prototype_scores"] = scores
             return out
 
-        def preprocess_one(encoded):
-            return eval_preprocess(decode_image_bytes(encoded), resize, crop)
+        def preprocess_one(encoded):  # the guarded decoder: caps checked on the header
+            status, image = decode_lib.decode(encoded, max_pixels, max_decode_pixels)
+            image = tf.cond(tf.equal(status, decode_lib.OK), lambda: image,
+                            lambda: tf.zeros([crop, crop, 3], tf.uint8))
+            return status, eval_preprocess(image, resize, crop)
 
         def serve_bytes(images):
-            batch = tf.map_fn(preprocess_one, images,
-                              fn_output_signature=tf.TensorSpec([crop, crop, 3], tf.float32))
-            return features(batch)
+            status, batch = tf.map_fn(preprocess_one, images, fn_output_signature=(
+                tf.TensorSpec([], tf.int32), tf.TensorSpec([crop, crop, 3], tf.float32)))
+            return features(decode_lib.assert_decoded(status, batch, "serving_bytes: image"))
 
         def serve_images(images):
             return features(eval_preprocess(images, resize, crop))
