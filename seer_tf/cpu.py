@@ -3,7 +3,8 @@
 Why: oneDNN picks its kernels from the CPU's instruction sets, so the same TensorFlow program
 has different fast paths on an AVX2 EPYC and on an AMX Xeon (bfloat16 is emulated, ~8x slower
 than float32, without AVX512_BF16/AMX; with AMX its matmuls are ~4x faster than float32).
-The layers, the pretrain binary's warning and the benchmarks' reports all ask here.
+The kernel selection table (`seer_tf/ops/select.py`), the pretrain binary's warning and the
+benchmarks' reports all ask here.
 """
 
 from __future__ import annotations
