@@ -77,12 +77,13 @@ def onednn() -> bool:
 
 def machine() -> Machine:
     """The key now (cheap: read at trace time, per layer call)."""
-    where = device()
+    where, xla = device(), xla_context.is_inside_xla()
     on_cpu = where == "cpu"
     return Machine(device=where, native_bf16=on_cpu and cpu.has_native_bf16(),
-                   onednn=not on_cpu or onednn(), native_ops=on_cpu and native.available(),
+                   onednn=not on_cpu or onednn(),
+                   native_ops=on_cpu and not xla and native.available(),  # no build under XLA
                    native_grouped=os.environ.get("SEER_TF_NATIVE_GROUPED_CONV", "auto"),
-                   inside_xla=xla_context.is_inside_xla())
+                   inside_xla=xla)
 
 
 # ---------------------------------------------------------------------------------- conv2d
