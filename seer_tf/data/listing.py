@@ -6,9 +6,10 @@ every pass (new files are picked up, deleted ones are gone) with a generator see
 `CHUNK` shuffled together, so each pass (and each `refresh_every` prefix of a pass) follows a
 different order, identical on every worker (the shards stay disjoint).
 
-How well this mixes: a pass is a random permutation of the directories, and within a page a
-random permutation of the paths; two paths of one flat directory further apart than a page keep
-their relative order. With `strides` (sources.ImageSource.records) a pass is cut into `strides`
+How well this mixes: a pass is a random permutation of the directories and, within each
+directory, of its files (a directory's entries are in memory once listed), then pages are
+shuffled again; a refresh prefix of a pass therefore samples the first directories of a random
+order (one flat directory: a uniform sample of it). With `strides` (sources.ImageSource.records) a pass is cut into `strides`
 interleaved sub-walks taken in a random order, so a refresh draws from the whole listing rather
 than from its first `refresh_every` paths; the shuffle buffer mixes what is left.
 
@@ -103,9 +104,9 @@ def walk(root, rng, accept=None, max_depth=None):
             subdirs.sort()
             rng.shuffle(subdirs)
             stack.extend((d, depth + 1) for d in subdirs)
-        for path in files:
-            if accept is None or accept(os.path.relpath(path, root)):
-                yield path
+        files = [p for p in files if accept is None or accept(os.path.relpath(p, root))]
+        rng.shuffle(files)  # the directory is in memory anyway: a full shuffle is free
+        yield from files
 
 
 class GeneratedListing:

@@ -23,7 +23,7 @@ def pipeline_shard(input_context=None, num_input_pipelines=None, input_pipeline_
 
 
 def pass_seed(seed, index):
-    """int64 seed of pass `index` (a tensor inside the pass loop): all of a pass's randomness."""
+    """int64 seed of pass `index` (a tensor inside the pass loop): the listing order, strides."""
     key = tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)])
     return tf.random.stateless_uniform([], key, minval=None, maxval=None, dtype=tf.int64)
 
@@ -38,18 +38,16 @@ class ImageSource:
         """Dataset of (name, path-or-bytes) over `num_epochs` passes (None: forever).
 
         `refresh_every`: at most this many listing elements per pass (counted before sharding),
-        then the listing is read again: the online refresh. `shuffle_buffer`: a shuffle buffer
-        within each pass (so a small source does not need buffer-size re-listings to start).
+        then the listing is read again: the online refresh. `shuffle_buffer`: see `_shuffle`.
         `strides`: see the module docstring.
         """
         def one_pass(index):
             ds = self._strided_pass(index, seed, strides)
             if refresh_every:
                 ds = ds.take(refresh_every)
-            ds = ds.shard(num_input_pipelines, input_pipeline_id)
-            return _shuffle(ds, shuffle_buffer, seed, index)
+            return ds.shard(num_input_pipelines, input_pipeline_id)
 
-        return _passes(one_pass, num_epochs, repr(self))
+        return _shuffle(_passes(one_pass, num_epochs, repr(self)), shuffle_buffer, seed)
 
     def _strided_pass(self, index, seed, strides):
         if not strides or strides <= 1:
@@ -73,10 +71,18 @@ def check_source(source):
     return source.check()
 
 
-def _shuffle(ds, buffer, seed, index):
+def _shuffle(ds, buffer, seed):
+    """One shuffle buffer over the stream of passes, seeded with `seed`.
+
+    Its random state runs on across passes (so every pass is shuffled differently, and the
+    state is saved with the iterator); a buffer larger than a pass mixes consecutive passes.
+    The seed is a Python int on purpose: `Dataset.shuffle` with a tensor seed fails to trace
+    when the global seed is 0 (`keras.utils.set_random_seed(0)`, TF's random_seed.get_seed
+    compares the seed pair with (0, 0) in Python).
+    """
     if not buffer or buffer <= 1:
         return ds
-    return ds.shuffle(buffer, seed=pass_seed(seed, index))
+    return ds.shuffle(buffer, seed=int(seed) % (2**63 - 1))
 
 
 def _passes(one_pass, num_epochs, what):

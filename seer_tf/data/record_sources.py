@@ -95,10 +95,9 @@ class TFRecordSource(ImageSource):
         def one_pass(index):  # whole shard files per pipeline: no wasted reads
             files = self._shard_files(index, seed)[input_pipeline_id::num_input_pipelines]
             ds = self._read_fn(files)
-            ds = ds.take(take) if take else ds
-            return _shuffle(ds, shuffle_buffer, seed, index)
+            return ds.take(take) if take else ds
 
-        return _passes(one_pass, num_epochs, repr(self))
+        return _shuffle(_passes(one_pass, num_epochs, repr(self)), shuffle_buffer, seed)
 
     def _one_pass(self, index, seed):
         return self._read_fn(self._shard_files(index, seed))
