@@ -160,3 +160,21 @@ def test_import_seer_tf_registers_every_class_after_setting_onednn():
     assert imports and setdefault < min(imports)
     assert {"seer_tf>RegNet", "seer_tf>SwAVModel", "seer_tf>ProjectionHead", "seer_tf>Prototypes",
             "seer_tf>YBlock", "seer_tf>Classifier", "seer_tf>LinearClassifier"} <= set(names)
+
+
+def test_a_mixed_precision_run_loads_in_float32(tmp_path):
+    """bf16 training keeps float32 variables; evaluation and serving compute in float32."""
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = tiny_swav()
+        assert model.backbone.compute_dtype == "bfloat16"
+        write_workdir(tmp_path, model, steps=(1,))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    loaded = weights.load_workdir_model(str(tmp_path))
+    assert loaded.backbone.compute_dtype == "float32"
+    assert {v.dtype for v in loaded.weights} == {"float32"}
+    reference = tiny_swav()  # float32, the checkpoint's weights
+    weights.restore_model(reference, weights.checkpoint_prefix(str(tmp_path)))
+    np.testing.assert_allclose(loaded([images()], training=False)["embeddings"],
+                               reference([images()], training=False)["embeddings"], atol=1e-6)
