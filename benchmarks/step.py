@@ -30,6 +30,7 @@ def add_arguments(parser):
     parser.add_argument("--crops", default="2x224,4x96")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--precisions", default="float32,mixed_bfloat16")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per process")
     parser.add_argument("--peer_variants", default=",".join(DEFAULT_VARIANTS),
                         help="comma-separated PRECISION[+channels_last][+compile], "
                              "PRECISION in fp32 | bf16")
@@ -158,5 +159,6 @@ def run_step_benchmark(preset="regnet_y_400mf", crops="2x224,4x96", batch=32,
 def run(args):
     return run_step_benchmark(
         args.preset, args.crops, args.batch, tuple(args.precisions.split(",")),
-        steps=args.repetitions, processes=args.processes, variants=args.peer_variants.split(","),
+        steps=args.repetitions, warmup=args.warmup, processes=args.processes,
+        variants=args.peer_variants.split(","),
         torch_python=args.torch_python, peer=args.peer)
