@@ -5,12 +5,13 @@
 
 Each record is a tf.train.Example with `image/encoded` (the original bytes, not re-encoded),
 `image/filename` (path relative to the input dir, as bytes) and `image/format`. Shards are
-written as `NAME.partial-PID` and renamed to their final name once all are complete. Every file is decoded
-first with the same guarded decoder as training, so empty, truncated, unsupported and
-oversized files are left out and reported (counts and first names as JSON on stdout) instead of
-being discovered in the middle of a run. Files are written in a seeded random order, round-robin
-over the shards, so each shard is a random sample of the folder (a better global shuffle than a
-streaming directory walk: DESIGN.md section 1, SEER's random uncurated stream).
+written as `NAME.partial-PID` and renamed to their final name once all are complete. Every
+file is decoded first with the same guarded decoder as training, so empty, truncated,
+unsupported and oversized files are left out and reported (counts and first names as JSON on
+stdout) instead of being discovered in the middle of a run. Files are written in a seeded random
+order, round-robin over the shards, so each shard is a random sample of the folder (a better
+global shuffle than a streaming directory walk: DESIGN.md section 1, SEER's random uncurated
+stream).
 """
 
 import json

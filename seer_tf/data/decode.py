@@ -37,7 +37,8 @@ they are counted and named by DecodeStats like a bad file.
 
 Grayscale, palette and alpha become RGB (`channels=3`; alpha is dropped, as PIL's convert("RGB")
 does); 16-bit PNGs are scaled to 8 bits. EXIF orientation is not applied (neither does the
-torchvision peer). TIFF, HEIC and AVIF are not supported by TensorFlow: counted as `unsupported_format`.
+torchvision peer). TIFF, HEIC and AVIF are not supported by TensorFlow: counted as
+`unsupported_format`.
 """
 
 import tensorflow as tf
@@ -158,7 +159,8 @@ def _declared_too_large(encoded, max_decode_pixels, max_frames):
                      lambda: tf.constant(1, tf.int64))
     pixels = tf.maximum(h * w, fh * fw) * tf.cast(frames, tf.int64)
     too_large = (pixels > max_decode_pixels) | (frames > max_frames)
-    payload = tf.where(gif, tf.strings.substr(encoded, tf.constant(0, tf.int64), end) + b";", encoded)
+    first_frame = tf.strings.substr(encoded, tf.constant(0, tf.int64), end) + b";"
+    payload = tf.where(gif, first_frame, encoded)
     payload = tf.where(too_large | (gif & tf.logical_not(gif_ok)), tf.constant(b""), payload)
     return too_large, payload
 

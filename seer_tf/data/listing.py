@@ -9,9 +9,10 @@ different order, identical on every worker (the shards stay disjoint).
 How well this mixes: a pass is a random permutation of the directories and, within each
 directory, of its files (a directory's entries are in memory once listed), then pages are
 shuffled again; a refresh prefix of a pass therefore samples the first directories of a random
-order (one flat directory: a uniform sample of it). With `strides` (sources.ImageSource.records) a pass is cut into `strides`
-interleaved sub-walks taken in a random order, so a refresh draws from the whole listing rather
-than from its first `refresh_every` paths; the shuffle buffer mixes what is left.
+order (one flat directory: a uniform sample of it). With `strides` (passes.ImageSource.records)
+a pass is cut into `strides` interleaved sub-walks taken in a random order, so a refresh draws
+from the whole listing rather than from its first `refresh_every` paths; the shuffle buffer
+mixes what is left.
 
 Paths are bytes end to end (`os.scandir(bytes)`), so a file name that is not UTF-8 is read like
 any other. What cannot be listed does not stop a run: an unreadable directory (no permission,

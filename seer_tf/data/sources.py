@@ -7,8 +7,8 @@ source lists encoded images (files or records); `image_stream` turns it into `(n
   passes (Dataset.counter) -> one listing per pass, in an order drawn from (seed, pass)
   (re-read every pass: new files are picked up, deleted ones are gone; `refresh_every` ends a
   pass early, SEER's periodic resampling) -> shard per input pipeline -> one shuffle buffer
-  over the passes, seeded by `seed` -> read + decode (never raises, see decode.py) -> count in DecodeStats ->
-  drop the bad ones -> prefetch.
+  over the passes, seeded by `seed` -> read + decode (never raises, see decode.py) -> count in
+  DecodeStats -> drop the bad ones -> prefetch.
 
 Every pass has its own order, the same on every worker (so shards stay disjoint), and the same
 in a rerun with the same seed. Mixing per source (listing.py for directories and globs):
