@@ -1,4 +1,4 @@
-"""Channel-folded BatchNorm (seer_tf.models.folded_batch_norm): a float64 reference, the float32
+"""Channel-folded BatchNorm (seer_tf.ops.folded_batch_norm): a float64 reference, the float32
 path it replaces for bfloat16, and the BatchNorm layer's choice of it."""
 
 import keras

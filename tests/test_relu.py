@@ -1,4 +1,4 @@
-"""XLA-gradient ReLUs (seer_tf.models.relu): TF's own arithmetic (bit-identical, except where the
+"""XLA-gradient ReLUs (seer_tf.ops.relu): TF's own arithmetic (bit-identical, except where the
 SE squeeze's gradient joins the kernel: one rounding instead of three), wired into blocks."""
 
 import keras
