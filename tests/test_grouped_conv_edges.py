@@ -84,3 +84,28 @@ def test_tiny_images_match_tf_and_repeat(dtype, stride, cg, vector_bits):
     for h, w in SIZES:
         for n in (1, 3):
             _case(rng, dtype, n, h, w, cg, stride, vector_bits)
+
+
+def test_one_pixel_wide_bf16_stride2_kernel_gradient_is_exact_and_finite():
+    """A 1-pixel-wide input at stride 2 in bfloat16 (RegNetY's last stage on small crops):
+    oneDNN's bf16-emulation backward-weights kernel leaves dK partly unwritten with the widened
+    SAME kernel on AVX-512 CPUs without AVX512_BF16, so ops.conv2d must not pick it there."""
+    from seer_tf import ops
+
+    rng = np.random.default_rng(0)
+    x32 = tf.constant(rng.standard_normal((8, 1, 1, 64)), tf.float32)
+    k32 = tf.constant(rng.standard_normal((3, 3, 16, 64)) * 0.1, tf.float32)
+    x, k = tf.cast(x32, tf.bfloat16), tf.cast(k32, tf.bfloat16)
+
+    def kernel_grad(x, k):
+        with tf.GradientTape() as tape:
+            tape.watch(k)
+            y = ops.conv2d(x, k, strides=2, groups=4, training=True)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
+        return tf.cast(tape.gradient(loss, k), tf.float32).numpy()
+
+    ref = kernel_grad(tf.cast(x, tf.float32), tf.cast(k, tf.float32))
+    for _ in range(5):
+        dk = kernel_grad(x, k)
+        assert np.isfinite(dk).all()
+        np.testing.assert_allclose(dk, ref, atol=0.05 * np.abs(ref).max())
