@@ -33,6 +33,7 @@ BENCHMARKS = {
     "step": "benchmarks.step",
     "memory": "benchmarks.memory",
     "pipeline": "benchmarks.pipeline",
+    "loop": "benchmarks.loop",
 }
 
 

@@ -114,6 +114,22 @@ def test_resume_after_sigkill_repeats_the_same_losses(uninterrupted, tmp_path):
     assert moved > 1e-3
 
 
+def test_jit_step_trains_cpu_smoke_like_the_graph_step(tmp_path):
+    """jit_step=1: the replica step XLA-compiled (the iterator outside), multi-crop with the
+    feature queue; the per-step losses equal the graph step's."""
+    losses = {}
+    for jit in (0, 1):  # cpu_smoke's own learning rate (FAST's large one amplifies rounding)
+        wd = str(tmp_path / f"jit{jit}")
+        r = _run(wd, "--config.train.total_steps=5", f"--config.train.jit_step={jit}",
+                 *FAST[:3], *QUEUE)
+        assert r.returncode == 0, r.stderr[-3000:]
+        losses[jit] = tb_scalars(wd)
+    ref, got = losses[0], losses[1]
+    assert sorted(got) == [1, 2, 3, 4, 5] and len(set(got.values())) > 1
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=1e-4), step
+
+
 def _model_tensors(prefix):
     reader = tf.train.load_checkpoint(prefix)
     return {n: reader.get_tensor(n) for n, _ in tf.train.list_variables(prefix)
