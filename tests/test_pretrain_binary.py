@@ -74,6 +74,37 @@ def test_binary_logs_loss_to_tensorboard(uninterrupted):
     assert set(tb_scalars(wd, "train/lr")) == {1, 2, 3, 4, 5}
 
 
+def test_the_same_command_on_a_finished_workdir_prints_the_summary_again(uninterrupted):
+    wd, final = uninterrupted
+    r = _run(wd, "--config.train.total_steps=5", *FAST, *QUEUE)
+    assert r.returncode == 0, r.stderr[-3000:]
+    again = json.loads(r.stdout.strip().splitlines()[-1])
+    assert again["step"] == 5 and again["final"] == final["final"]
+    assert again["weights_digest"] == final["weights_digest"]
+    with open(os.path.join(wd, "config.json")) as f:  # the workdir says what it holds
+        assert json.load(f)["train"]["total_steps"] == 5
+    assert os.path.exists(os.path.join(wd, "model.json"))
+
+
+def test_resuming_with_a_changed_crop_config_is_one_error_line(uninterrupted):
+    wd, _ = uninterrupted
+    r = _run(wd, "--config.train.total_steps=6", "--config.data.crop_counts=(2, 1)", *FAST,
+             *QUEUE)
+    assert r.returncode == 1
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: ") and "data.crop_counts" in lines[-1], r.stderr[-2000:]
+    assert "train.total_steps" not in lines[-1]  # schedule keys may change
+    assert not any(ln.startswith("Traceback") for ln in lines)
+
+
+def test_a_seer_config_needs_a_workdir():
+    r = subprocess.run([sys.executable, "-m", "seer_tf.bin.pretrain",
+                        f"--config={os.path.join(ROOT, 'experiments', 'seer_regnety_8gf.py')}"],
+                       env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1].startswith("error: --workdir is required")
+
+
 def test_resume_after_sigkill_repeats_the_same_losses(uninterrupted, tmp_path):
     wd = str(tmp_path)
     proc = subprocess.Popen(_cmd(wd, "--config.train.total_steps=5",
