@@ -227,3 +227,30 @@ def test_warmup_plateau_drives_larc_and_is_found_under_loss_scaling():
     assert observing_schedule(opt) is schedule
     assert observing_schedule(keras.optimizers.LossScaleOptimizer(opt)) is schedule
     assert observing_schedule(LARC(learning_rate=0.1)) is None
+
+
+def test_warmup_plateau_under_a_strategy_observes_the_reduced_loss(mirrored_strategy, tmp_path):
+    """The loop's contract: built in strategy.scope(), observe_loss(global loss) once per step
+    in cross-replica context inside a tf.function; checkpointed as item "schedule"."""
+    from seer_tf.optim.schedules import WarmupPlateau
+
+    with mirrored_strategy.scope():
+        schedule = WarmupPlateau(**_PLATEAU_ARGS)
+
+    @tf.function
+    def step(losses):
+        per_replica = mirrored_strategy.run(
+            lambda: losses[tf.distribute.get_replica_context().replica_id_in_sync_group])
+        loss = mirrored_strategy.reduce("MEAN", per_replica, axis=None)
+        schedule.observe_loss(loss)
+        return loss
+
+    trace = []
+    for k, loss in enumerate(_PLATEAU_LOSSES, start=1):
+        step(tf.constant([loss - 0.5, loss + 0.5]))  # replica mean = the scripted loss
+        trace.append((k, float(schedule.lr.numpy())))
+    assert _cuts(trace) == _PLATEAU_CUTS[:4]
+    path = tf.train.Checkpoint(schedule=schedule).save(str(tmp_path / "ckpt"))
+    restored = WarmupPlateau(**_PLATEAU_ARGS)
+    tf.train.Checkpoint(schedule=restored).restore(path).assert_consumed()
+    assert float(restored.lr.numpy()) == pytest.approx(0.1)
