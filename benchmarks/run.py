@@ -34,6 +34,7 @@ BENCHMARKS = {
     "memory": "benchmarks.memory",
     "pipeline": "benchmarks.pipeline",
     "loop": "benchmarks.loop",
+    "device": "benchmarks.device",
 }
 
 
