@@ -158,3 +158,40 @@ def test_log_every_must_be_a_multiple_of_steps_per_loop(tmp_path):
                                          "steps_per_loop .4."):
         _trainer(tmp_path, "bad", total_steps=8, k=4, log_every=6)
     assert not os.path.exists(tmp_path / "bad" / "checkpoints")
+
+
+_FAILING_INPUT = """
+import sys, time
+import tests.conftest  # noqa: F401
+import numpy as np
+import tensorflow as tf
+sys.path.insert(0, "tests")
+import test_loop
+
+def boom(x):
+    raise ValueError("this input pipeline is broken")
+
+def data(ctx, start):
+    return test_loop.synthetic.crops_dataset(ctx, start, 8, [32, 16], [2, 2]).map(
+        lambda *c: tuple(tf.ensure_shape(tf.py_function(boom, [x], tf.float32), x.shape)
+                         for x in c))
+
+trainer, _ = test_loop._trainer(__import__("pathlib").Path(sys.argv[1]), "w", total_steps=3)
+trainer.dataset_fn = data
+trainer.run()
+"""
+
+
+def test_an_input_pipeline_error_ends_the_process(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    t = time.time()
+    r = subprocess.run([sys.executable, "-c", _FAILING_INPUT, str(tmp_path)], cwd=root,
+                       env={**os.environ, "PYTHONPATH": root}, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode != 0
+    assert "this input pipeline is broken" in r.stderr
+    assert time.time() - t < 240

@@ -26,6 +26,7 @@ GPUs and TPUs busy:
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Callable, Dict, Optional
 
@@ -33,18 +34,13 @@ import tensorflow as tf
 from absl import logging
 
 from seer_tf import distribute, ops, weights
+from seer_tf.optim import schedules
 from seer_tf.train import preemption
 from seer_tf.train.report import Reporter
 from seer_tf.train.step import SwAVStep
 
 class NonFiniteLossError(FloatingPointError):
     pass
-
-
-def lr_schedule(optimizer):
-    """The optimizer's learning-rate schedule object (under a LossScaleOptimizer too)."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    return getattr(inner, "_learning_rate", None)
 
 
 class Trainer:
@@ -81,7 +77,7 @@ class Trainer:
             # run (0: none), and the current run of skipped float16 steps.
             self.nonfinite_step = tf.Variable(0, dtype=tf.int64, name="nonfinite_step", **agg)
             self.nonfinite_streak = tf.Variable(0, dtype=tf.int64, name="nonfinite_streak", **agg)
-        self.schedule = lr_schedule(step.optimizer)
+        self.schedule = schedules.observing_schedule(step.optimizer)  # e.g. halve-on-plateau
         self.model_variables = weights.model_checkpoint_items(step.model)
         items = dict(model=self.model_variables, optimizer=step.optimizer,
                      global_step=self.global_step)
@@ -132,10 +128,9 @@ class Trainer:
         else:
             give_up = tf.logical_not(finite)
         self.nonfinite_step.assign(tf.where(give_up, self.global_step, self.nonfinite_step))
-        observe = getattr(self.schedule, "observe_loss", None)
-        if observe is not None:  # e.g. halve-on-plateau: fed every finite step, on the device
+        if self.schedule is not None:  # fed every finite step, on the device
             def feed():
-                observe(metrics["loss"])
+                self.schedule.observe_loss(metrics["loss"])
                 return tf.constant(True)
 
             tf.cond(finite, feed, lambda: tf.constant(False))
@@ -246,6 +241,17 @@ class Trainer:
         if start >= self.total_steps:
             logging.info("nothing to do: step %d >= total_steps %d", start, self.total_steps)
             return {"step": start, "stopped": "done", "losses": [], "last_metrics": None}
+        try:
+            return self._train(iterator, start)
+        except BaseException:
+            # An input pipeline error must end the process: drop the iterator now, while the
+            # interpreter is whole. Collected during shutdown, its py_function threads can wait
+            # for the GIL forever and the failed run never exits.
+            del iterator, dataset
+            gc.collect()
+            raise
+
+    def _train(self, iterator, start: int) -> Dict:
         history, pending, last = [], [], None
         step, first = start, True
         with preemption.SigtermWatch() as sigterm:
