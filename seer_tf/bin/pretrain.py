@@ -270,20 +270,6 @@ def resolve_steps_per_loop(train, strategy) -> int:
     return int(train.log_every) if distribute.on_accelerators(strategy) else 1
 
 
-def _data_scalars(dataset_fn):
-    def scalars():
-        out = {}
-        for stats in getattr(dataset_fn, "decode_stats", []):
-            d = stats.as_dict()
-            out["data/bad_files"] = out.get("data/bad_files", 0) + d["bad"]
-            out["data/decoded_ok"] = out.get("data/decoded_ok", 0) + d["ok"]
-            if d["bad"]:
-                logging.info("%s", stats.report())
-        return out
-
-    return scalars
-
-
 def run(config, workdir: str):
     """Pretrains into `workdir`; returns (model, result). Raises `Preempted` after saving when
     any worker got SIGTERM, `NonFiniteLossError` when the state went non-finite."""
@@ -291,6 +277,7 @@ def run(config, workdir: str):
     import tensorflow as tf
 
     from seer_tf import weights
+    from seer_tf.train import report
     from seer_tf.train.loop import Trainer
 
     keras.utils.set_random_seed(config.train.seed)
@@ -313,7 +300,7 @@ def run(config, workdir: str):
                       jit_step=None if t.jit_step < 0 else bool(t.jit_step),
                       max_nonfinite_steps=t.max_nonfinite_steps,
                       checkpoint_input=bool(getattr(dataset_fn, "checkpoint_input", False)),
-                      extra_scalars=_data_scalars(dataset_fn))
+                      extra_scalars=report.data_scalars(dataset_fn))
     if trainer.chief:
         tf.io.gfile.makedirs(workdir)
         weights.describe_workdir(workdir, config.to_dict(), model)
@@ -326,20 +313,8 @@ def run(config, workdir: str):
     elif result["last_metrics"] is None and tf.io.gfile.exists(summary_path):
         with tf.io.gfile.GFile(summary_path) as f:  # a finished run, run again
             result["last_metrics"] = json.loads(f.read())["final"]
-    result["weights_digest"] = weights_digest(model)
+    result["weights_digest"] = weights.digest(model)
     return model, result
-
-
-def weights_digest(model) -> str:
-    """SHA-256 of every weight's bytes in path order: equal digests, equal weights (workers
-    of one run must end with the same ones)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for v in sorted(model.weights, key=lambda v: v.path):
-        h.update(v.path.encode())
-        h.update(v.numpy().tobytes())
-    return h.hexdigest()
 
 
 def _workdir(config) -> str:
@@ -352,21 +327,11 @@ def _workdir(config) -> str:
 
 
 def _check_resume(config, workdir):
-    """A workdir holds one run: a changed config may only touch schedule keys."""
     from seer_tf import weights
     from seer_tf.train import config_diff
 
-    stored = weights.read_config(workdir)
-    if stored is None:
-        return
-    blocking, accepted = config_diff.changes(stored, config.to_dict())
-    for key in accepted:
-        logging.info("config change accepted on resume: %s", key)
-    if blocking and not _ALLOW_CHANGE.value:
-        raise ConfigError(f"{workdir} was started with another config: {', '.join(blocking)} "
-                          f"changed (--allow_config_change to resume anyway)")
-    for key in blocking:
-        logging.warning("config change forced on resume (--allow_config_change): %s", key)
+    config_diff.check_resume(weights.read_config(workdir), config.to_dict(), workdir,
+                             allow=_ALLOW_CHANGE.value)
 
 
 def _train(config, workdir):

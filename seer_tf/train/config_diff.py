@@ -9,7 +9,11 @@ change on purpose when they extend or tune a run: those are accepted and logged.
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
+
+from absl import logging
+
+from seer_tf.usage import UsageError
 
 # Exact keys and prefixes ("optim." = every key under optim) a resume may change.
 SCHEDULE_KEYS = (
@@ -41,3 +45,18 @@ def changes(stored: Dict, current: Dict) -> Tuple[List[str], List[str]]:
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     blocking = [k for k in changed if not _schedule_only(k)]
     return blocking, [k for k in changed if _schedule_only(k)]
+
+
+def check_resume(stored: Optional[Dict], current: Dict, workdir: str, allow: bool = False):
+    """Raises UsageError naming the changed keys a resume refuses (unless `allow`); logs the
+    accepted ones. `stored` is the workdir's config.json (None: a new run)."""
+    if stored is None:
+        return
+    blocking, accepted = changes(stored, current)
+    for key in accepted:
+        logging.info("config change accepted on resume: %s", key)
+    if blocking and not allow:
+        raise UsageError(f"{workdir} was started with another config: {', '.join(blocking)} "
+                         f"changed (--allow_config_change to resume anyway)")
+    for key in blocking:
+        logging.warning("config change forced on resume (--allow_config_change): %s", key)

@@ -18,6 +18,22 @@ _MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 _STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
+def data_scalars(dataset_fn):
+    """() -> the input stream's decode counters as TensorBoard scalars (`data/bad_files`,
+    `data/decoded_ok`), logging the bad-file report when there are any."""
+    def scalars():
+        out = {}
+        for stats in getattr(dataset_fn, "decode_stats", []):
+            d = stats.as_dict()
+            out["data/bad_files"] = out.get("data/bad_files", 0) + d["bad"]
+            out["data/decoded_ok"] = out.get("data/decoded_ok", 0) + d["ok"]
+            if d["bad"]:
+                logging.info("%s", stats.report())
+        return out
+
+    return scalars
+
+
 def current_lr(optimizer) -> float:
     lr = optimizer.learning_rate
     return float(lr.numpy() if hasattr(lr, "numpy") else lr)

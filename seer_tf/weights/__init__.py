@@ -10,13 +10,13 @@
 from seer_tf.weights.files import built, load_keras, load_model, save_model, trunk_of
 from seer_tf.weights.pytorch import read_weights
 from seer_tf.weights.workdir import (CHECKPOINT_DIR, CONFIG_FILE, MODEL_FILE, checkpoint_prefix,
-                                     checkpoint_steps, describe_workdir, is_workdir,
+                                     checkpoint_steps, describe_workdir, digest, is_workdir,
                                      load_workdir_model, model_checkpoint_items, read_config,
                                      restore_model)
 
 __all__ = [
     "CHECKPOINT_DIR", "CONFIG_FILE", "MODEL_FILE", "built",
-    "checkpoint_prefix", "checkpoint_steps", "describe_workdir", "is_workdir", "load_keras",
-    "load_model", "load_workdir_model", "model_checkpoint_items", "read_config", "read_weights",
+    "checkpoint_prefix", "checkpoint_steps", "describe_workdir", "digest", "is_workdir",
+    "load_keras", "load_model", "load_workdir_model", "model_checkpoint_items", "read_config", "read_weights",
     "restore_model", "save_model", "trunk_of",
 ]

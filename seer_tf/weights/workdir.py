@@ -16,12 +16,14 @@ item name "model": every weight and BatchNorm statistic, by name.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 from typing import Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from seer_tf.usage import UsageError
@@ -159,3 +161,13 @@ def load_workdir_model(workdir: str, step: Optional[int] = None):
     model = model_from_json(model_file)
     restore_model(model, prefix)
     return model
+
+
+def digest(model) -> str:
+    """SHA-256 of every weight's bytes in path order: equal digests, equal weights (the workers
+    of one run must end with the same ones)."""
+    h = hashlib.sha256()
+    for v in sorted(model.weights, key=lambda v: v.path):
+        h.update(v.path.encode())
+        h.update(np.asarray(v.numpy()).tobytes())
+    return h.hexdigest()
