@@ -54,11 +54,7 @@ def sinkhorn(
         a queue can be switched on inside a tf.function without tf.cond around collectives
         (MirroredStrategy rejects cross-replica ops inside control flow).
     """
-    if replica_sum is not None and replica_max is None:
-        raise ValueError(
-            "sinkhorn: replica_sum was given without replica_max; every replica must subtract "
-            "the same global max before exp. Pass seer_tf.distribute.replica_max_fn()."
-        )
+    _check_reductions(replica_sum, replica_max)
     replica_sum = replica_sum or _identity
     replica_max = replica_max or _identity
 
@@ -87,6 +83,14 @@ def sinkhorn(
         q = tf.math.divide_no_nan(q, tf.reduce_sum(q, axis=1, keepdims=True))
         q = q / num_samples
     return tf.stop_gradient(q * num_samples)
+
+
+def _check_reductions(replica_sum, replica_max):
+    if replica_sum is not None and replica_max is None:
+        raise ValueError(
+            "sinkhorn: replica_sum was given without replica_max; every replica must subtract "
+            "the same global max before exp. Pass seer_tf.distribute.replica_max_fn()."
+        )
 
 
 def make_sinkhorn_fn(

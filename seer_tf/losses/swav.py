@@ -32,20 +32,9 @@ def _as_crop_list(scores, num_crops):
 DIAGNOSTICS = ("code_entropy", "prototypes_used", "max_code")
 
 
-def swav_loss(
-    scores,
-    crops_for_assign=(0, 1),
-    temperature=0.1,
-    epsilon=0.05,
-    sinkhorn_iterations=3,
-    replica_sum=None,
-    replica_max=None,
-    queue_scores=None,
-    queue_in_use=True,
-    num_crops=None,
-    jit_compile=False,
-    return_codes=False,
-):
+def swav_loss(scores, crops_for_assign=(0, 1), temperature=0.1, epsilon=0.05,
+              sinkhorn_iterations=3, replica_sum=None, replica_max=None, queue_scores=None,
+              queue_in_use=True, num_crops=None, jit_compile=False, return_codes=False):
     """Returns (loss, diagnostics) for one replica's batch.
 
     Args:
@@ -72,12 +61,7 @@ def swav_loss(
       codes: only with return_codes.
     """
     crops = _as_crop_list(scores, num_crops)
-    n_crops = len(crops)
-    if n_crops < 2:
-        raise ValueError(f"swav_loss needs at least 2 crops, got {n_crops}")
-    for crop_id in crops_for_assign:
-        if not 0 <= crop_id < n_crops:
-            raise ValueError(f"crops_for_assign has {crop_id}, but there are {n_crops} crops")
+    n_crops = _check_crops(len(crops), crops_for_assign)
     sinkhorn = sinkhorn_lib.make_sinkhorn_fn(
         epsilon, sinkhorn_iterations, replica_sum, replica_max, jit_compile=jit_compile
     )
@@ -85,7 +69,7 @@ def swav_loss(
     log_probs = [tf.nn.log_softmax(s / temperature, axis=-1) for s in crops]
 
     loss = tf.constant(0.0)
-    all_codes, entropy, used, max_code = [], [], [], []
+    all_codes = []
     for i, crop_id in enumerate(crops_for_assign):
         codes = _codes(sinkhorn, crops[crop_id], queue_scores, i, queue_in_use)
         all_codes.append(codes)
@@ -94,16 +78,29 @@ def swav_loss(
             if v != crop_id:
                 subloss -= tf.reduce_mean(tf.reduce_sum(codes * log_probs[v], axis=-1))
         loss += subloss / (n_crops - 1)
-        entropy.append(-tf.reduce_mean(tf.reduce_sum(tf.math.xlogy(codes, codes), axis=-1)))
-        max_code.append(tf.reduce_mean(tf.reduce_max(codes, axis=-1)))
-        used.append(_prototypes_used(codes, replica_sum))
     loss /= len(crops_for_assign)
-    diagnostics = dict(zip(DIAGNOSTICS, (tf.add_n(entropy) / len(entropy),
-                                         tf.add_n(used) / len(used),
-                                         tf.add_n(max_code) / len(max_code))))
+    diagnostics = _diagnostics(all_codes, replica_sum)
     if return_codes:
         return loss, diagnostics, all_codes
     return loss, diagnostics
+
+
+def _check_crops(n_crops, crops_for_assign) -> int:
+    if n_crops < 2:
+        raise ValueError(f"swav_loss needs at least 2 crops, got {n_crops}")
+    for crop_id in crops_for_assign:
+        if not 0 <= crop_id < n_crops:
+            raise ValueError(f"crops_for_assign has {crop_id}, but there are {n_crops} crops")
+    return n_crops
+
+
+def _diagnostics(all_codes, replica_sum):
+    """DIAGNOSTICS averaged over the assignment crops' codes (see swav_loss)."""
+    entropy = [-tf.reduce_mean(tf.reduce_sum(tf.math.xlogy(q, q), axis=-1)) for q in all_codes]
+    used = [_prototypes_used(q, replica_sum) for q in all_codes]
+    max_code = [tf.reduce_mean(tf.reduce_max(q, axis=-1)) for q in all_codes]
+    return {name: tf.add_n(values) / len(values)
+            for name, values in zip(DIAGNOSTICS, (entropy, used, max_code))}
 
 
 def _codes(sinkhorn, batch_scores, queue_scores, i, queue_in_use):
