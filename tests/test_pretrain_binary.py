@@ -161,6 +161,50 @@ def test_jit_step_trains_cpu_smoke_like_the_graph_step(tmp_path):
         assert got[step] == pytest.approx(ref[step], rel=1e-4), step
 
 
+def test_sigkill_and_resume_on_a_photo_folder_equals_the_uninterrupted_run(tmp_path):
+    """Files with shuffle and refresh on: the input iterator is in the checkpoint, so the
+    resumed run sees the same images, crops and losses as the uninterrupted one."""
+    from test_resume_data import _photos
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photos = _photos()
+    for k in range(64):
+        im = np.roll(photos[k % len(photos)], 5 * k, axis=1)[k % 7:]
+        Image.fromarray(np.ascontiguousarray(im)).save(folder / f"{k:02d}.{'jpg' if k % 3 else 'png'}")
+    args = ["--config.data.source=files", f"--config.data.paths=('{folder}',)",
+            "--config.data.shuffle_buffer=16", "--config.data.refresh_every_steps=2",
+            "--config.train.total_steps=6", "--config.train.checkpoint_every=1", *FAST]
+    ref = str(tmp_path / "ref")
+    r = _run(ref, *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    wd = str(tmp_path / "killed")
+    proc = subprocess.Popen(_cmd(wd, *args), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not os.path.exists(os.path.join(wd, "checkpoints", "ckpt-3.index")):
+        assert proc.poll() is None and time.time() < deadline, "run ended before step 3"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = int(tf.train.latest_checkpoint(os.path.join(wd, "checkpoints")).rsplit("-", 1)[1])
+    assert killed_at < 6
+    assert any(n.startswith("input/") for n, _ in tf.train.list_variables(
+        os.path.join(wd, "checkpoints", f"ckpt-{killed_at}"))), "no input state checkpointed"
+    r = _run(wd, *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"ckpt-{killed_at}" in r.stderr
+    want, got = tb_scalars(ref), tb_scalars(wd)
+    assert sorted(got) == list(range(1, 7))
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=1e-6), step
+    a = _model_tensors(os.path.join(ref, "checkpoints", "ckpt-6"))
+    b = _model_tensors(os.path.join(wd, "checkpoints", "ckpt-6"))
+    for name, value in a.items():
+        np.testing.assert_allclose(b[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 def _model_tensors(prefix):
     reader = tf.train.load_checkpoint(prefix)
     return {n: reader.get_tensor(n) for n, _ in tf.train.list_variables(prefix)
