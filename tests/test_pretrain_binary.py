@@ -242,13 +242,17 @@ def test_pretrain_on_a_folder_of_jpegs(tmp_path):
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "text.png").write_text("hello")
     (folder / "cut.jpg").write_bytes((folder / "0.jpg").read_bytes()[:100])
+    # names an uncurated crawl has: not UTF-8, and a format TensorFlow cannot decode
+    (folder / os.fsdecode(b"caf\xe9.jpg")).write_bytes((folder / "1.jpg").read_bytes())
+    (folder / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
     wd = str(tmp_path / "wd")
     r = _run(wd, "--config.data.source=files", f"--config.data.paths=('{tmp_path / 'imgs'}',)",
              "--config.train.total_steps=8", "--config.train.batch_size=4", *FAST)
     assert r.returncode == 0, r.stderr[-3000:]
     losses = tb_scalars(wd)
     assert sorted(losses) == list(range(1, 9)) and all(np.isfinite(v) for v in losses.values())
-    # 32 draws from 12 files, 4 of them bad: bad files are counted and named, never fatal.
+    # 32 draws from 14 files, 4 of them bad (the HEIC is listed and counted as unsupported,
+    # the non-UTF-8 name is read): bad files are counted and named, never fatal.
     bad, ok = tb_scalars(wd, "data/bad_files"), tb_scalars(wd, "data/decoded_ok")
     assert max(bad.values()) >= 1 and max(ok.values()) >= 32
     assert "first bad:" in r.stderr
@@ -266,6 +270,16 @@ def test_bad_settings_are_one_clear_line(tmp_path, override, message):
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert lines[-1].startswith(message), r.stderr[-2000:]
     assert not any(ln.startswith("Traceback") for ln in lines), r.stderr[-2000:]
+
+
+def test_a_missing_data_path_is_one_error_line_within_seconds(tmp_path):
+    t = time.time()
+    r = _run(str(tmp_path), "--config.data.source=files", "--config.data.paths=('/no/such/dir',)")
+    assert time.time() - t < 10
+    assert r.returncode == 1
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert lines[-1] == "error: data path /no/such/dir: no such directory", r.stderr[-2000:]
+    assert not any(ln.startswith("Traceback") for ln in lines)
 
 
 def test_batch_must_split_over_replicas():
