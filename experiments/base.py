@@ -1,4 +1,4 @@
-"""The shared shape of a SwAV/SEER pretraining config (numbers: ../shared/DESIGN.md section 1).
+"""The shared shape of a SwAV/SEER pretraining config (numbers: docs/design.md section 1).
 
 Every experiment file starts from `swav_config()` and overrides what its recipe changes. Only
 the binaries read configs; they turn them into explicit constructor arguments.

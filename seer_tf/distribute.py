@@ -69,7 +69,7 @@ def should_jit(strategy=None):
     """Whether code with cross-replica collectives may be XLA-compiled under `strategy`.
 
     True for one replica (no collectives) and for GPU/TPU replicas (XLA is the fast path
-    there). False for several CPU replicas: XLA plus any collective fails on CPU (DESIGN.md
+    there). False for several CPU replicas: XLA plus any collective fails on CPU (docs/design.md
     section 4), e.g. MirroredStrategy over logical CPUs or CPU MultiWorkerMirroredStrategy.
     """
     strategy = strategy or tf.distribute.get_strategy()
@@ -117,7 +117,7 @@ def is_chief(strategy) -> bool:
 
 def on_accelerators(strategy) -> bool:
     """Whether every replica runs on a GPU or TPU (where XLA-compiling the whole step pays);
-    on CPU, XLA makes grouped convolutions ~100x slower (DESIGN.md section 4)."""
+    on CPU, XLA makes grouped convolutions ~100x slower (docs/design.md section 4)."""
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return True
     try:

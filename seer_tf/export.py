@@ -18,7 +18,7 @@ of the first prototype head's scores, the image's cluster), "prototype_score" (i
 
 Plain `tf.Module` + `tf.saved_model.save` with explicit signatures, so TF Serving,
 `saved_model_cli run` and `tf.saved_model.load` all work without Keras or seer_tf installed.
-This module must not import seer_tf.train (DESIGN.md layering).
+This module must not import seer_tf.train (docs/design.md, layering).
 """
 
 from __future__ import annotations

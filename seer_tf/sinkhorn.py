@@ -100,7 +100,7 @@ def make_sinkhorn_fn(
 
     jit_compile=True wraps it in tf.function(jit_compile=True): on GPU/TPU the ten iterations
     then fuse into a few kernels. Do NOT jit when running several replicas on CPU: XLA plus a
-    cross-replica collective fails there (DESIGN.md section 4), and MirroredStrategy also
+    cross-replica collective fails there (docs/design.md section 4), and MirroredStrategy also
     refuses a nested tf.function that contains collectives unless XLA-on-GPU removes its
     merge_call. Ask `seer_tf.distribute.should_jit(strategy)`. Without jit the plain Python
     function is returned so that it inlines into the caller's traced step.

@@ -27,7 +27,7 @@ import pytest  # noqa: E402
 def mirrored_strategy():
     """One MirroredStrategy over the two logical CPUs, shared by every test in the process.
 
-    DESIGN.md section 4: logical devices are fixed at startup; create one strategy per process.
+    docs/design.md section 4: logical devices are fixed at startup; create one strategy per process.
     """
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 

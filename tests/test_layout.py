@@ -1,6 +1,6 @@
 """Project-shape invariants: BUILD covers every module/test/binary; layering rules hold.
 
-DESIGN.md: models, sinkhorn, losses, data and optim import only TF/Keras/NumPy (never
+docs/design.md: models, sinkhorn, losses, data and optim import only TF/Keras/NumPy (never
 tf.distribute, never train/eval/bin); export never imports train/.
 """
 

@@ -1,6 +1,6 @@
 """SwAV multi-crop augmentation: decision statistics, pixel semantics, determinism.
 
-The rates and ranges are the SwAV/SEER recipe of DESIGN.md section 1. Rates are checked over
+The rates and ranges are the SwAV/SEER recipe of docs/design.md section 1. Rates are checked over
 2000 draws against binomial tolerances (5 sigma); the pixels are checked against a NumPy
 re-implementation of torchvision's definitions driven by the same decisions.
 """

@@ -1,6 +1,6 @@
 """Sources and robust decoding: the bad-file zoo, sharding, refresh, every source kind.
 
-DESIGN.md section 1 (SEER: an uncurated stream) and section 4 (what tf.io.decode_image raises
+docs/design.md section 1 (SEER: an uncurated stream) and section 4 (what tf.io.decode_image raises
 on): a run must see every good image once per pass, skip and count every bad one by reason,
 and never crash or stall.
 """

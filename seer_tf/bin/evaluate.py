@@ -12,7 +12,7 @@ The model: `--workdir` (its model.json and latest checkpoint, or `--step`) or `-
 format of `seer_tf.weights.load_model`). --data (see `eval.inputs.splits`): an ImageFolder root,
 a root with `<split>.txt` list files, a TFDS dataset name (read from --data_dir, never
 downloaded), or `digits`; with --workdir of the digits demo it defaults to the digits at the
-run's image size (resize = crop = that size). Defaults are the published recipes (DESIGN.md
+run's image size (resize = crop = that size). Defaults are the published recipes (docs/design.md
 "Evaluation"); the flags below override single numbers. The result (top-1, top-5, per-class
 top-1, the settings) is printed as JSON and written to `<output_dir>/<protocol>.json`
 (default output_dir: WORKDIR/eval, else eval_results), with TensorBoard scalars in

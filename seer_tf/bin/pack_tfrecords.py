@@ -10,7 +10,7 @@ file is decoded first with the same guarded decoder as training, so empty, trunc
 unsupported and oversized files are left out and reported (counts and first names as JSON on
 stdout) instead of being discovered in the middle of a run. Files are written in a seeded random
 order, round-robin over the shards, so each shard is a random sample of the folder (a better
-global shuffle than a streaming directory walk: DESIGN.md section 1, SEER's random uncurated
+global shuffle than a streaming directory walk: docs/design.md section 1, SEER's random uncurated
 stream).
 """
 

@@ -250,7 +250,7 @@ def build_source(d):
 
 def _warn_slow_half_precision(precision, strategy):
     """Half precision on a CPU without bf16 instructions is emulated: measured 8x slower than
-    float32 for a RegNetY-400MF SwAV step (bin/benchmark --what=step, README)."""
+    float32 for a RegNetY-400MF SwAV step (docs/benchmarks.md)."""
     from seer_tf import cpu, distribute
 
     if (precision != "float32" and not distribute.on_accelerators(strategy)

@@ -3,7 +3,7 @@
 SEER (Goyal et al. 2021) trains on random, unfiltered Instagram images: at that scale some files
 are always empty, truncated, in an unsupported format, or enormous. One such file must not stop
 (or silently stall) a run that has been going for days, and the operator should see how many were
-skipped and which. `tf.io.decode_image` raises on all of these (DESIGN.md section 4), and
+skipped and which. `tf.io.decode_image` raises on all of these (docs/design.md section 4), and
 `Dataset.ignore_errors` drops the element without saying which or how many. So the steps that
 can raise (reading the file, decoding the bytes) each run inside a one-element dataset with
 `ignore_errors`, followed by a fallback element: the outer element always exists and carries a

@@ -1,6 +1,6 @@
 """SwAV/SEER multi-crop augmentation of one decoded image: pure tensor ops, no file IO.
 
-Recipe (DESIGN.md section 1; facebookresearch/swav `src/multicropdataset.py`, VISSL
+Recipe (docs/design.md section 1; facebookresearch/swav `src/multicropdataset.py`, VISSL
 `ImgPilColorDistortion`/`ImgPilGaussianBlur`, torchvision `RandomResizedCrop`/`ColorJitter`):
 per crop, independently,
   1. random resized crop: area fraction U(scale), aspect log-uniform in (3/4, 4/3), 10 attempts,

@@ -30,7 +30,7 @@ dataset with saveable state (directory listings regenerate their page from the p
 files changed meanwhile, the resumed pass follows the new listing). The shuffle buffer is part
 of that state: see `checkpointable_options`.
 
-Sharding follows `tf.distribute.InputContext` without importing it (DESIGN.md section 2: data
+Sharding follows `tf.distribute.InputContext` without importing it (docs/design.md section 2: data
 code does not touch tf.distribute): pass the context object, or `num_input_pipelines` and
 `input_pipeline_id`. Files are sharded by element of the listing, TFRecords by shard file when
 there are at least as many files as pipelines.

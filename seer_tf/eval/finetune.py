@@ -11,7 +11,7 @@ number is a `FinetuneConfig` field.
 
 Distribution: pass a tf.distribute strategy; the trunk is copied into its scope when its
 variables were made elsewhere. The per-replica loss is divided by the global batch size because
-Keras 3's `optimizer.apply` sums gradients over replicas (DESIGN.md section 4).
+Keras 3's `optimizer.apply` sums gradients over replicas (docs/design.md section 4).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-// Training-mode BatchNorm (+ ReLU) on NHWC activations, forward and backward, for CPU (issue 7).
+// Training-mode BatchNorm (+ ReLU) on NHWC activations, forward and backward, for CPU.
 //
 // Why: a RegNetY SwAV step on CPU is memory-bound. TF's path is oneDNN's BatchNorm, whose
 // gradient takes no activation (a separate ReluGrad pass: read dz, y, write), and whose bfloat16

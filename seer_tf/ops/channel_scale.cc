@@ -1,4 +1,4 @@
-// y = x * scale[n, c] on NHWC activations, forward and backward, for CPU (issue 7).
+// y = x * scale[n, c] on NHWC activations, forward and backward, for CPU.
 //
 // Why: the SE excitation multiplies b's output before conv c wherever c does not fold it into
 // its kernel (RegNetY stages 3 and 4). TF does that as a broadcasting Mul forward and, backward,

@@ -1,5 +1,5 @@
 // RegNet's grouped 3x3 convolution (PyTorch padding 1, stride 1 or 2), forward and both
-// gradients, NHWC float32 or bfloat16 tensors with float32 arithmetic, on CPU (issue 7).
+// gradients, NHWC float32 or bfloat16 tensors with float32 arithmetic, on CPU.
 // On AVX-512 builds group width 8 runs 512-bit kernels with two groups per vector (Z16 below):
 // the step's grouped convolutions 0.43 -> 0.34 s on a 2-core Zen 5 EPYC (oneDNN: 0.71 s).
 //

@@ -28,7 +28,7 @@ for the first 313 iterations) is skipped by apex and torch SGD alike: no momentu
 step. Keras `apply` filters `None` gradients out before `update_step`, which gives the same.
 
 Which tensors get weight decay and which get the trust ratio is a rule over `variable.path`
-(DESIGN.md section 1): SEER applies both to every tensor (VISSL `regularize_bn: True`,
+(docs/design.md section 1): SEER applies both to every tensor (VISSL `regularize_bn: True`,
 `regularize_bias: True`). A tensor excluded from weight decay behaves as apex does for a param
 group with `weight_decay: 0` (wd = 0 in the ratio and in the update). A tensor excluded from
 adaptation is our extension (apex has no such switch): it takes torch SGD's plain `g + wd * w`.

@@ -1,4 +1,4 @@
-"""Learning-rate schedules of the SwAV/SEER recipes (DESIGN.md section 1).
+"""Learning-rate schedules of the SwAV/SEER recipes (docs/design.md section 1).
 
 - `WarmupCosine`: SwAV's pretraining schedule with its exact discretization
   (facebookresearch/swav `main_swav.py`):
