@@ -1,5 +1,6 @@
-"""The real pretraining binary in subprocesses: resume after SIGKILL, SIGTERM, TensorBoard,
-JPEG folders, config errors, and MultiWorkerMirroredStrategy across two processes."""
+"""The real pretraining binary in subprocesses: resume after SIGKILL, TensorBoard, JPEG folders,
+config errors, re-runs, XLA, and MultiWorkerMirroredStrategy across two processes (training,
+SIGTERM to one worker, resume). The single-host SIGTERM run is the demo's (tests/test_demo.py)."""
 
 import glob
 import json
@@ -209,24 +210,6 @@ def _model_tensors(prefix):
     reader = tf.train.load_checkpoint(prefix)
     return {n: reader.get_tensor(n) for n, _ in tf.train.list_variables(prefix)
             if n.startswith("model/")}
-
-
-def test_sigterm_checkpoints_the_step_it_stopped_at(tmp_path):
-    wd = str(tmp_path)
-    proc = subprocess.Popen(_cmd(wd, "--config.train.total_steps=100000",
-                                 "--config.train.checkpoint_every=0", *FAST),
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while len(tb_scalars(wd)) < 2:  # at least two steps ran (the step function is traced)
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == RESTART_EXIT_CODE, err[-2000:]
-    stopped = json.loads(out.strip().splitlines()[-1])
-    assert stopped["stopped"] == "preempted" and stopped["step"] >= 2
-    assert f"preempted at step {stopped['step']}" in err
-    assert os.path.exists(os.path.join(wd, "checkpoints", f"ckpt-{stopped['step']}.index"))
 
 
 def test_pretrain_on_a_folder_of_jpegs(tmp_path):

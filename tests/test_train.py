@@ -1,6 +1,7 @@
-"""Training step and loop: replica equivalence, frozen prototypes, non-finite loss, loss-scale
-agreement. The subprocess tests (resume after SIGKILL, SIGTERM, multi-worker, the real binary)
-are in tests/test_pretrain_binary.py."""
+"""Training step and loop: replica equivalence, frozen prototypes, loss-scale agreement. The
+device loop (XLA, K steps per call, non-finite stops) is in tests/test_loop.py; the subprocess
+tests (resume after SIGKILL, SIGTERM, multi-worker, the real binary) are in
+tests/test_pretrain_binary.py and tests/test_demo.py."""
 
 import numpy as np
 import keras
@@ -12,7 +13,7 @@ from seer_tf.data import synthetic
 from seer_tf.models.regnet import RegNet
 from seer_tf.models.swav import SwAVModel
 from seer_tf.optim.lars import LARC
-from seer_tf.train.loop import NonFiniteLossError, Trainer
+from seer_tf.train.loop import Trainer
 from seer_tf.train.step import SwAVStep
 
 GLOBAL_BATCH = 8
@@ -108,21 +109,6 @@ def test_prototypes_frozen_then_trained(tmp_path):
     # prototypes are unit vectors after the cross-replica normalization of the next step
     model.prototypes.normalize()
     np.testing.assert_allclose(np.linalg.norm(model.prototypes.kernels[0].numpy(), axis=0), 1, atol=1e-6)
-
-
-def test_non_finite_loss_stops_without_checkpoint(tmp_path):
-    strategy = tf.distribute.get_strategy()
-    model, step = _build(strategy, freeze=0)
-
-    def poisoned(ctx, start):
-        return _data(ctx, start).map(lambda *c: tuple(x * np.float32("nan") for x in c))
-
-    trainer = Trainer(strategy, step, poisoned, workdir=str(tmp_path), total_steps=3,
-                      global_batch_size=GLOBAL_BATCH, log_every=1, checkpoint_every=1,
-                      histogram_every=0)
-    with pytest.raises(NonFiniteLossError, match="at step 1"):
-        trainer.run()
-    assert trainer.manager.latest_checkpoint is None
 
 
 def test_loss_scale_skip_is_agreed_across_replicas(mirrored_strategy):
