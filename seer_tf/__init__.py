@@ -6,7 +6,7 @@ import os
 # Without them, the gradient of a grouped convolution (every RegNet 3x3) is not implemented on
 # CPU at all ("Gradients for grouped convolutions are not supported on CPU"), and convolutions
 # are slower. The variable is read when TensorFlow initializes, so it only takes effect if
-# seer_tf is imported first; `models.blocks.Conv` falls back to per-group convolutions otherwise.
+# seer_tf is imported first; `ops.conv2d` falls back to per-group convolutions otherwise.
 # It must stay above every import that loads TensorFlow.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
