@@ -130,3 +130,24 @@ def test_finetune_crops_are_torchvision_random_resized_crops():
         np.testing.assert_allclose(got, want, atol=1e-6)
         area = int(box[2]) * int(box[3]) / (48 * 64)
         assert 0.2 - 0.02 <= area <= 0.9 + 0.02 and 3 / 4 - 0.1 <= int(box[3]) / int(box[2]) <= 4 / 3 + 0.1
+
+
+def test_evaluation_decodes_with_the_guarded_decoder():
+    """Evaluation and feature extraction share training's and serving's guard: a PNG declaring
+    40000x40000 is one error, never a 4.8 GB buffer; normal images decode at full size."""
+    import io
+
+    import numpy as np
+    import pytest
+    import tensorflow as tf
+    from PIL import Image
+
+    from seer_tf.eval.inputs import decode_image_bytes
+    from test_decode_guard import png_bomb
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match="(?s)image could not be decoded.*too_large"):
+        decode_image_bytes(tf.constant(png_bomb()))
+    pixels = np.random.default_rng(0).integers(0, 256, (300, 500, 3), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    np.testing.assert_array_equal(decode_image_bytes(tf.constant(buffer.getvalue())).numpy(), pixels)

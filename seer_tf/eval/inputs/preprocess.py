@@ -16,19 +16,19 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from seer_tf.data import multicrop
+from seer_tf.data import decode, multicrop
 
 IMAGENET_MEAN = multicrop.IMAGENET_MEAN
 IMAGENET_STD = multicrop.IMAGENET_STD
 
 
 def decode_image_bytes(encoded):
-    """Encoded JPEG/PNG/GIF/BMP/WebP bytes (scalar tf.string) -> uint8 [h, w, 3]; raises on bad
-    data. JPEGs use the accurate DCT so pixels equal PIL's (see module docstring)."""
-    image = tf.cond(
-        tf.io.is_jpeg(encoded),
-        lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
-        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
+    """Encoded JPEG/PNG/GIF/BMP/WebP bytes (scalar tf.string) -> uint8 [h, w, 3]; raises one
+    line on bad data. The guarded decoder of training and serving (`data.decode`): headers are
+    checked before any pixel buffer is allocated, GIFs decode their first frame only. Up to
+    its 64 Mpx decode cap images come at full size, JPEGs with the accurate DCT, so pixels
+    equal PIL's (see module docstring)."""
+    image = decode.decode_or_raise(encoded, max_pixels=decode.DEFAULT_MAX_DECODE_PIXELS)
     image.set_shape([None, None, 3])
     return image
 
