@@ -37,7 +37,7 @@ def test_sigterm_stops_the_demo_before_its_probes_and_the_rerun_finishes(tmp_pat
 
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
     cmd = [sys.executable, "-m", "seer_tf.bin.pretrain", f"--workdir={tmp_path}",
-           "--config.train.total_steps=120", "--config.train.log_every=1",
+           "--config.train.total_steps=60", "--config.train.log_every=1",
            "--config.train.checkpoint_every=0", "--config.train.image_every=0",
            "--config.train.histogram_every=0"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -52,7 +52,7 @@ def test_sigterm_stops_the_demo_before_its_probes_and_the_rerun_finishes(tmp_pat
     assert proc.returncode == RESTART_EXIT_CODE, err[-3000:]
     stopped = json.loads(out.strip().splitlines()[-1])
     step = stopped["step"]
-    assert stopped["stopped"] == "preempted" and 1 <= step < 120
+    assert stopped["stopped"] == "preempted" and 1 <= step < 60
     assert "linear probe" not in out and "Next, on this run" not in out
     assert f"preempted at step {step}" in err
     assert os.path.exists(os.path.join(tmp_path, "checkpoints", f"ckpt-{step}.index"))
@@ -62,4 +62,4 @@ def test_sigterm_stops_the_demo_before_its_probes_and_the_rerun_finishes(tmp_pat
     assert "linear probe" in r.stdout
     summary = json.loads(next(line for line in reversed(r.stdout.splitlines())
                               if line.startswith("{")))
-    assert summary["steps"] == 120
+    assert summary["steps"] == 60

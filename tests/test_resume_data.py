@@ -119,3 +119,19 @@ def test_tfrecord_and_glob_passes_differ(photo_dir, tmp_path):
     glob = sources.GlobSource(os.path.join(photo_dir, "img*.jpg"))
     names = _names(_records(glob, refresh_every=6), 60)
     assert len(set(names)) > 20 and all(n.endswith(b".jpg") for n in names)
+
+
+def test_consecutive_refreshes_of_a_large_list_overlap_like_random_draws(tmp_path):
+    """10,000 listed images, a refresh every 1,000, strides = listing size / refresh size (the
+    README's rule for `data.listing_strides`): consecutive refreshes share no more than random
+    draws of 1,000 would (~10%), and each pass is ordered anew."""
+    listed = tmp_path / "list.txt"
+    listed.write_text("\n".join(f"/data/img{i:05d}.jpg" for i in range(10_000)) + "\n")
+    source = sources.FileListSource(str(listed))
+    names = [n.numpy() for n in source.records(seed=7, refresh_every=1000, strides=10)
+             .map(lambda name, payload: name).take(4000)]
+    refreshes = [names[1000 * r:1000 * (r + 1)] for r in range(4)]
+    for a, b in zip(refreshes, refreshes[1:]):
+        assert len(set(a)) == 1000
+        assert len(set(a) & set(b)) / 1000 < 0.2
+        assert a[:50] != b[:50]

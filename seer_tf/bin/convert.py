@@ -19,7 +19,8 @@ import sys
 from absl import app, flags
 
 import seer_tf  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow starts)
-from seer_tf import usage
+from seer_tf import convert, usage, weights  # noqa: E402
+from seer_tf.models.family import get_preset  # noqa: E402
 
 _INPUT = flags.DEFINE_string("input", None, "PyTorch weights: .pth/.pt/.torch/.bin, .npz, .safetensors.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output: X.keras, X.weights.h5, or a checkpoint prefix.")
@@ -39,8 +40,6 @@ def _main(argv):
     usage.require_no_extra_args(argv)
     if not _INPUT.value or not _OUTPUT.value:
         raise usage.UsageError("--input and --output are required")
-    from seer_tf import convert, weights
-    from seer_tf.models.family import get_preset
 
     if _PRESET.value:
         get_preset(_PRESET.value)

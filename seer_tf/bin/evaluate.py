@@ -30,7 +30,12 @@ import time
 from absl import app, flags, logging
 
 import seer_tf  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow starts)
-from seer_tf import usage
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from seer_tf import distribute, usage, weights  # noqa: E402
+from seer_tf.eval import features, inputs, knn, linear  # noqa: E402
+from seer_tf.eval import finetune as ft  # noqa: E402
 
 PROTOCOLS = ("linear", "knn", "finetune", "lowshot")
 
@@ -79,9 +84,6 @@ class Inputs:
 
 def resolve_inputs() -> Inputs:
     """--data / --resize / --crop, defaulting to the workdir's digits at their own size."""
-    from seer_tf import weights
-    from seer_tf.eval import inputs
-
     config = weights.read_config(_WORKDIR.value) if _WORKDIR.value else None
     data, image_size, resize, crop = inputs.resolve(config, _DATA.value, _RESIZE.value,
                                                     _CROP.value)
@@ -94,10 +96,6 @@ def resolve_inputs() -> Inputs:
 # ------------------------------------------------------------------ protocols
 
 def _features(model, split, strategy, sizes: Inputs, indices=None):
-    import numpy as np
-
-    from seer_tf.eval import features, inputs
-
     ds = inputs.eval_batches(split.images(indices), sizes.resize, sizes.crop,
                              _FEATURE_BATCH.value)
     feats, (labels,) = features.extract_features(model, ds, _ENDPOINT.value, strategy)
@@ -116,9 +114,6 @@ def _config(cls):
 
 
 def _finetune(model, train, evaluation, strategy, writer, sizes: Inputs, indices=None):
-    from seer_tf.eval import finetune as ft
-    from seer_tf.eval import inputs
-
     config = _config(ft.FinetuneConfig)
     n = len(train.labels) if indices is None else len(indices)
     ds = train.images(indices).shuffle(min(n, 10_000), seed=config.seed,
@@ -133,8 +128,6 @@ def _finetune(model, train, evaluation, strategy, writer, sizes: Inputs, indices
 
 
 def _epoch_logger(writer, prefix):
-    import tensorflow as tf
-
     def log(epoch, stats):
         with writer.as_default(step=epoch + 1):
             for k, v in stats.items():
@@ -145,8 +138,6 @@ def _epoch_logger(writer, prefix):
 
 def lowshot_indices(train, num_classes):
     """-> (indices of the train split, subset report)."""
-    from seer_tf.eval import inputs
-
     if _SUBSET.value:
         indices = inputs.indices_from_file(_SUBSET.value, train.ids)
         return indices, {**inputs.subset_report(train.labels, indices, num_classes, None),
@@ -160,8 +151,6 @@ def lowshot_indices(train, num_classes):
 
 def run_protocol(protocol, model, train, evaluation, strategy, writer, sizes: Inputs):
     """-> (metrics dict, settings dict) for one protocol."""
-    from seer_tf.eval import knn, linear
-
     num_classes = len(train.class_names)
     if protocol == "finetune":
         metrics, config = _finetune(model, train, evaluation, strategy, writer, sizes)
@@ -211,10 +200,7 @@ def _main(argv):
     start = time.time()
     _validate()
     sizes = resolve_inputs()
-    import tensorflow as tf  # after the flag checks, so bad flags fail fast
 
-    from seer_tf import distribute, weights
-    from seer_tf.eval import inputs
 
     train, evaluation = inputs.load_splits(sizes.data, _DATA_DIR.value, _TRAIN_SPLIT.value,
                                            _EVAL_SPLIT.value, sizes.image_size)
@@ -241,8 +227,6 @@ def _main(argv):
 
 
 def _write(result, output_dir, writer):
-    import tensorflow as tf
-
     with writer.as_default(step=result["step"] or 0):
         for key in ("top1", "top5", "mean_per_class_top1"):
             if result.get(key) is not None:

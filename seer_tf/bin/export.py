@@ -23,7 +23,8 @@ import sys
 from absl import app, flags
 
 import seer_tf  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow starts)
-from seer_tf import usage
+from seer_tf import export, usage, weights  # noqa: E402
+from seer_tf.eval import inputs  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Pretraining workdir (model.json + checkpoints).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step of --workdir (default: the latest).")
@@ -47,8 +48,6 @@ def _main(argv):
     usage.require_no_extra_args(argv)
     if not (_WEIGHTS.value or _WORKDIR.value) or not _OUTPUT.value:
         raise usage.UsageError("--output and one of --workdir / --weights are required")
-    from seer_tf import export, weights
-    from seer_tf.eval import inputs
 
     config = weights.read_config(_WORKDIR.value) if _WORKDIR.value else None
     _, _, resize, crop = inputs.resolve(config, None, _RESIZE.value, _CROP.value)

@@ -23,7 +23,11 @@ import sys
 from absl import app, flags, logging
 
 import seer_tf  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow starts)
-from seer_tf import usage
+import numpy as np  # noqa: E402
+
+from seer_tf import usage, weights  # noqa: E402
+from seer_tf.eval import inputs  # noqa: E402
+from seer_tf.eval.features import extract_files  # noqa: E402
 
 _INPUT = flags.DEFINE_string("input", None, "A directory of images or a text file of paths.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output prefix: <output>.npy, <output>.paths.txt.")
@@ -53,11 +57,7 @@ def main(argv):
 
 def _main(argv):
     _validate(argv)
-    import numpy as np
 
-    from seer_tf import weights
-    from seer_tf.eval import inputs
-    from seer_tf.eval.features import extract_files
 
     config = weights.read_config(_WORKDIR.value) if _WORKDIR.value else None
     _, _, resize, crop = inputs.resolve(config, None, _RESIZE.value, _CROP.value)

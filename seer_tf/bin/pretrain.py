@@ -19,9 +19,24 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import seer_tf  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow starts)
-from seer_tf import usage
+
+import keras  # noqa: E402  (everything below loads TensorFlow: after seer_tf)
+import tensorflow as tf  # noqa: E402
 
 import experiments  # noqa: E402  (installed with seer_tf: the default config lives there)
+from seer_tf import cpu, distribute, usage, weights  # noqa: E402
+from seer_tf.data import digits, multicrop, pipeline, sources, synthetic  # noqa: E402
+from seer_tf.eval import digits_demo  # noqa: E402
+from seer_tf.losses.swav import FeatureQueue  # noqa: E402
+from seer_tf.models import family  # noqa: E402
+from seer_tf.models.regnet import RegNet, check_remat  # noqa: E402
+from seer_tf.models.swav import SwAVModel  # noqa: E402
+from seer_tf.optim.lars import LARC  # noqa: E402
+from seer_tf.optim.schedules import WarmupCosine, WarmupPlateau, scaled_lr  # noqa: E402
+from seer_tf.train import config_diff, report  # noqa: E402
+from seer_tf.train.loop import NonFiniteLossError, Trainer  # noqa: E402
+from seer_tf.train.preemption import RESTART_EXIT_CODE, Preempted  # noqa: E402
+from seer_tf.train.step import SwAVStep  # noqa: E402
 
 # No --config: the first-run demo. Overrides (--config.train.total_steps=...) apply to it too.
 _DEMO_CONFIG = os.path.join(os.path.dirname(experiments.__file__), "digits_demo.py")
@@ -46,10 +61,6 @@ def _check(cond, message):
 def validate(config, num_replicas: int, strategy=None):
     """Settings that cannot work, caught before anything is built (`strategy`: checks that
     need the devices, once the strategy exists)."""
-    from seer_tf import distribute
-    from seer_tf.models import family
-    from seer_tf.models.regnet import check_remat
-
     t, s, d, m = config.train, config.swav, config.data, config.model
     try:
         check_remat(m.remat, m.remat_fraction)
@@ -92,16 +103,10 @@ def validate(config, num_replicas: int, strategy=None):
 
 
 def build_strategy(config):
-    from seer_tf import distribute
-
     return distribute.get_strategy(config.train.strategy, config.train.tpu_address)
 
 
 def build_model(config):
-    from seer_tf.models import family
-    from seer_tf.models.regnet import RegNet
-    from seer_tf.models.swav import SwAVModel
-
     m = config.model
     multi = config.train.strategy != "default"
     if m.preset:
@@ -124,11 +129,6 @@ def build_optimizer(config):
     """LARC with the `optim.schedule` LR: SwAV's warmup + cosine, SEER's warmup + fixed LR
     halved on loss plateaus (the loop feeds it the loss: schedules.observing_schedule), or
     warmup + constant."""
-    import keras
-
-    from seer_tf.optim.lars import LARC
-    from seer_tf.optim.schedules import WarmupCosine, WarmupPlateau, scaled_lr
-
     o, t = config.optim, config.train
     peak = scaled_lr(o.lr_per_256, t.batch_size)
     warmup = min(o.warmup_steps, t.total_steps - 1)
@@ -154,10 +154,6 @@ def build_optimizer(config):
 
 
 def build_step(config, model, optimizer, strategy):
-    from seer_tf import distribute
-    from seer_tf.losses.swav import FeatureQueue
-    from seer_tf.train.step import SwAVStep
-
     s = config.swav
     queue = None
     if s.queue_length:
@@ -175,16 +171,11 @@ def build_step(config, model, optimizer, strategy):
 
 def build_dataset_fn(config):
     """(input_context, start_step) -> per-replica batches of crops (a tuple, crop order)."""
-    import tensorflow as tf
-
     d, batch = config.data, config.train.batch_size
     dtype = tf.bfloat16 if config.train.precision == "mixed_bfloat16" else tf.float32
     if d.source == "synthetic":
-        from seer_tf.data import synthetic
-
         return lambda ctx, start: synthetic.crops_dataset(
             ctx, start, batch, d.crop_sizes, d.crop_counts, d.seed, dtype)
-    from seer_tf.data import multicrop
 
     crops = tuple(multicrop.CropSpec(size, count, (lo, hi)) for size, count, lo, hi in zip(
         d.crop_sizes, d.crop_counts, d.crop_min_scales, d.crop_max_scales))
@@ -193,11 +184,14 @@ def build_dataset_fn(config):
                                 saturation=d.jitter_strength, hue=d.jitter_strength / 4,
                                 grayscale=d.grayscale_prob, blur=d.blur_prob)
     if d.source == "digits":
-        from seer_tf.data import digits
-
         return lambda ctx, start: digits.pretrain_dataset(
             ctx, start, batch, crops, augment, image_size=d.image_size, seed=d.seed)
     source = build_source(d)
+    if (d.refresh_every_steps and d.get("listing_strides", 1) <= 1
+            and isinstance(source, sources.FileListSource)):
+        logging.warning("data.refresh_every_steps on a list with data.listing_strides=1: every "
+                        "refresh re-reads the list's first lines; set listing_strides to at "
+                        "least lines / (refresh_every_steps x batch_size)")
     stats_seen = []
     exact = bool(d.get("exact_resume", True))
 
@@ -206,8 +200,6 @@ def build_dataset_fn(config):
         restores the iterator from the checkpoint (`checkpoint_input`), shuffle buffer and all.
         Approximate resume: the iterator is not saved and a resumed run reshuffles with a seed
         derived from the step (fresh samples, not a replay of the interrupted pass)."""
-        from seer_tf.data import pipeline
-
         ds, stats = pipeline.training_stream(
             source, global_batch_size=batch, crops=crops, augment=augment, input_context=ctx,
             seed=d.seed if exact else d.seed + 1_000_003 * start, dtype=dtype,
@@ -224,8 +216,6 @@ def build_dataset_fn(config):
 def build_source(d):
     """The configured source, checked now (missing paths, empty globs, unprepared TFDS data:
     one UsageError line before any graph is built)."""
-    from seer_tf.data import sources
-
     source = None
     if d.source == "files":
         _check(len(d.paths) > 0, "data.paths is empty: give directories, globs or .txt file lists")
@@ -251,8 +241,6 @@ def build_source(d):
 def _warn_slow_half_precision(precision, strategy):
     """Half precision on a CPU without bf16 instructions is emulated: measured 8x slower than
     float32 for a RegNetY-400MF SwAV step (docs/benchmarks.md)."""
-    from seer_tf import cpu, distribute
-
     if (precision != "float32" and not distribute.on_accelerators(strategy)
             and not cpu.has_native_bf16()):
         logging.warning("train.precision=%s on a CPU without AVX512_BF16/AMX: half precision is "
@@ -263,8 +251,6 @@ def _warn_slow_half_precision(precision, strategy):
 def resolve_steps_per_loop(train, strategy) -> int:
     """train.steps_per_loop, with -1 resolved: 1 on CPU (a step is seconds there; nothing to
     amortize), log_every on GPUs/TPUs (the host syncs with the device only when it logs)."""
-    from seer_tf import distribute
-
     if train.steps_per_loop > 0:
         return int(train.steps_per_loop)
     return int(train.log_every) if distribute.on_accelerators(strategy) else 1
@@ -273,13 +259,6 @@ def resolve_steps_per_loop(train, strategy) -> int:
 def run(config, workdir: str):
     """Pretrains into `workdir`; returns (model, result). Raises `Preempted` after saving when
     any worker got SIGTERM, `NonFiniteLossError` when the state went non-finite."""
-    import keras
-    import tensorflow as tf
-
-    from seer_tf import weights
-    from seer_tf.train import report
-    from seer_tf.train.loop import Trainer
-
     keras.utils.set_random_seed(config.train.seed)
     if config.train.precision != "float32":
         keras.mixed_precision.set_global_policy(config.train.precision)
@@ -327,22 +306,14 @@ def _workdir(config) -> str:
 
 
 def _check_resume(config, workdir):
-    from seer_tf import weights
-    from seer_tf.train import config_diff
-
     config_diff.check_resume(weights.read_config(workdir), config.to_dict(), workdir,
                              allow=_ALLOW_CHANGE.value)
 
 
 def _train(config, workdir):
-    from seer_tf.train.loop import NonFiniteLossError
-    from seer_tf.train.preemption import RESTART_EXIT_CODE, Preempted
-
     try:
         _check_resume(config, workdir)
         if config.demo.enabled:
-            from seer_tf.eval import digits_demo
-
             return digits_demo.run_demo(config, workdir, run, build_model)
         _, result = run(config, workdir)
     except Preempted as e:
@@ -360,8 +331,6 @@ def _train(config, workdir):
 
 
 def main(argv):
-    from seer_tf import usage
-
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 2
