@@ -22,6 +22,8 @@ import os
 import shutil
 import tempfile
 
+from benchmarks import swav_step
+
 # Dense half-precision tensor peaks, TFLOP/s per device (vendor data sheets; SXM parts).
 PEAK_TFLOPS = {
     "H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0,
@@ -41,11 +43,6 @@ def add_arguments(group):
     group.add_argument("--no_jit", dest="jit", action="store_false")
     group.add_argument("--peak_tflops", type=float, default=0.0,
                        help="the device's peak when it is not in the table")
-
-
-def _crops(text):
-    pairs = [part.split("x") for part in text.split(",")]
-    return [int(n) for n, _ in pairs], [int(s) for _, s in pairs]
 
 
 def device_name(tf):
@@ -92,11 +89,11 @@ def _train_one(strategy, args, precision):
     from seer_tf.train.step import SwAVStep
 
     keras.mixed_precision.set_global_policy(precision)
-    counts, sizes = _crops(args.device_crops)
+    pairs = swav_step.parse_crops(args.device_crops)
     batch = args.per_replica_batch * strategy.num_replicas_in_sync
     dtype = tf.bfloat16 if precision == "mixed_bfloat16" else tf.float32
     fixed = tuple(tf.random.stateless_normal([args.per_replica_batch, s, s, 3], [0, i], dtype=dtype)
-                  for i, s in enumerate(s for s, n in zip(sizes, counts) for _ in range(n)))
+                  for i, s in enumerate(s for n, s in pairs for _ in range(n)))
     with strategy.scope():
         keras.utils.set_random_seed(0)
         trunk = RegNet(**family.spec_for(args.device_preset).as_kwargs(),
@@ -128,15 +125,6 @@ def _train_one(strategy, args, precision):
     return windows, losses, batch
 
 
-def _train_tflop(preset, crops, batch):
-    from seer_tf.models import complexity, family
-
-    spec = family.spec_for(preset)
-    counts, sizes = _crops(crops)  # describe() counts multiply-adds: a FLOP is half of one
-    return 2 * 3 * sum(n * batch * complexity.describe(spec, 0, s)["gflops_trunk"]
-                       for n, s in zip(counts, sizes)) / 1e3
-
-
 def run(args):
     import seer_tf  # noqa: F401  (oneDNN on before TensorFlow loads)
     import tensorflow as tf
@@ -154,7 +142,7 @@ def run(args):
         timed = [v for s, v in sorted(windows.items()) if s > args.steps_per_loop] or \
             list(windows.values())
         images_per_sec = sum(v["images_per_sec"] for v in timed) / len(timed)
-        tflop = _train_tflop(args.device_preset, args.device_crops, batch)
+        tflop = swav_step._train_gflop(args.device_preset, args.device_crops, batch) / 1e3
         achieved = tflop * images_per_sec / batch
         k = max(1, min(5, len(losses) // 3))
         report[precision] = {
